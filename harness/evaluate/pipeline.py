@@ -1,0 +1,154 @@
+"""Evaluation protocol of an experiment: seeded samples -> features -> metrics + protocol record.
+
+Sample i uses seed ``eval.seed_offset + i`` (STYLE practice 7); reference features are
+cached by (data node, split, n, extractor, weights SHA-256); every result carries its
+protocol (extractor, weights hash, reference hash, n, sampler, NFE, seeds) so a number is
+never separated from how it was obtained (STYLE practice 8).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from harness.registry import get
+from harness.units import content_hash
+
+PROTOCOL_VERSION = "1"
+
+
+def build_sampler(cfg: Mapping[str, Any]):
+    node = cfg["sampler"]
+    return get("sampler", node["name"])(**{k: v for k, v in node.items() if k != "name"})
+
+
+def generate_samples(field, cfg: Mapping[str, Any], datasets, n: Optional[int] = None):
+    """(samples (N, ...) float, labels (N,) | None, NFE per sample) from the field."""
+    from harness.sample import generate
+
+    data = datasets.get(cfg["data"])
+    ev = cfg["eval"]
+    n = int(n or ev["n_samples"])
+    seeds = range(int(ev["seed_offset"]), int(ev["seed_offset"]) + n)
+    xs, ys, nfe = [], [], 0
+    for x, y, nfe in generate(field, build_sampler(cfg), seeds=seeds, shape=data.shape, num_classes=data.num_classes,
+                              batch_size=int(ev["batch_size"]), class_label=ev["class_label"]):
+        xs.append(x)
+        if y is not None:
+            ys.append(y)
+    return torch.cat(xs), (torch.cat(ys) if ys else None), nfe
+
+
+def images_uint8(x: torch.Tensor) -> torch.Tensor:
+    from harness.sample import to_uint8
+
+    return to_uint8(x)
+
+
+def save_samples_npz(path: Path, samples: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
+    """ADM evaluator-suite layout: ``arr_0`` uint8 (N, H, W, C), ``arr_1`` labels."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"arr_0": images_uint8(samples).permute(0, 2, 3, 1).numpy()} if samples.dim() == 4 else {"arr_0": samples.numpy()}
+    if labels is not None:
+        arrays["arr_1"] = labels.numpy()
+    np.savez(path, **arrays)
+    return path
+
+
+def reference_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The data node of the reference set: same data, ``eval.reference_split``, ``eval.reference_n`` items."""
+    node = dict(cfg["data"])
+    node.pop("subset_fraction", None)
+    node.pop("subset_seed", None)
+    if "split" in node:
+        node["split"] = cfg["eval"]["reference_split"]
+    if "limit" in node and cfg["eval"]["reference_n"]:
+        node["limit"] = int(cfg["eval"]["reference_n"])
+    if "seed" in node:  # synthetic data: an independent draw
+        node["seed"] = int(node["seed"]) + 1
+    return node
+
+
+def reference_features(cfg: Mapping[str, Any], extractor, datasets) -> tuple[np.ndarray, str]:
+    """Reference features (cached on disk) and their hash."""
+    node = reference_node(cfg)
+    key = {"data": node, "extractor": extractor.name, "weights": extractor.weights_sha256, "n": cfg["eval"]["reference_n"]}
+    cache = Path(cfg["paths"]["cache"]).expanduser() / "features" / f"{content_hash(key)}.npy"
+    if cache.exists():
+        feats = np.load(cache)
+    else:
+        data = datasets.get(node)
+        x = data.x[: int(cfg["eval"]["reference_n"]) or len(data)]
+        feats = extractor.features(images_uint8(x) if data.kind == "image" else x)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, feats)
+        tmp.replace(cache)
+    return feats, content_hash({"key": key, "sum": float(np.asarray(feats, dtype=np.float64).sum())})
+
+
+def build_extractor(cfg: Mapping[str, Any]):
+    ev = cfg["eval"]
+    return get("extractor", ev["extractor"])(**dict(ev["extractor_kwargs"] or {}))
+
+
+def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optional[int]) -> dict[str, Any]:
+    """Metrics and protocol of a sample set against the configured reference."""
+    from harness.evaluate.score import score_samples
+
+    ev = cfg["eval"]
+    if not ev["metrics"]:
+        return {"metrics": {}, "protocol": {"nfe": nfe, "n_samples": len(samples)}}
+    extractor = build_extractor(cfg)
+    ref, ref_hash = reference_features(cfg, extractor, datasets)
+    data = datasets.get(cfg["data"])
+    inputs = images_uint8(samples) if data.kind == "image" else samples
+    result = score_samples(inputs, reference=None, reference_features=ref, extractor=extractor,
+                           metrics=tuple(ev["metrics"]), seed=int(ev["seed_offset"]))
+    result["protocol"].update({
+        "protocol_version": PROTOCOL_VERSION, "reference": json.dumps(reference_node(cfg), sort_keys=True),
+        "reference_hash": ref_hash, "reference_n": len(ref), "sampler": json.dumps(cfg["sampler"], sort_keys=True),
+        "nfe": nfe, "seeds": f"{ev['seed_offset']}..{int(ev['seed_offset']) + len(samples) - 1}",
+        "class_label": ev["class_label"],
+    })
+    return result
+
+
+def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run_id: Optional[str] = None) -> dict[str, Any]:
+    """Sample the field, score it, and (with a tracker) log metrics, protocol and a sample grid."""
+    samples, labels, nfe = generate_samples(field, cfg, datasets)
+    result = score(samples, cfg, datasets, nfe=nfe)
+    if tracker is not None and run_id is not None:
+        tracker.log_metrics(run_id, result["metrics"])
+        tracker.log_params(run_id, {f"protocol.{k}": v for k, v in result["protocol"].items()})
+        tracker.log_dict(run_id, result["protocol"], "protocol.json")
+        if samples.dim() == 4:
+            tracker.log_artifact(run_id, sample_grid(samples[:64]), "samples")
+    return result
+
+
+def sample_grid(samples: torch.Tensor, nrow: int = 8) -> Path:
+    """PNG grid of images in [-1, 1]."""
+    from torchvision.utils import save_image
+
+    path = Path(tempfile.mkdtemp()) / "sample_grid.png"
+    save_image((samples.clamp(-1, 1) + 1) / 2, path, nrow=nrow)
+    return path
+
+
+def score_npz(path: Path, cfg: Mapping[str, Any], datasets) -> dict[str, Any]:
+    """Score an ADM-format sample npz (``arr_0`` uint8 NHWC) against the configured reference."""
+    from harness.evaluate.refstats import read_adm_npz
+
+    arrays = read_adm_npz(Path(path))
+    if arrays.get("arr_0") is None:
+        from harness.errors import DataError
+
+        raise DataError(f"{path} has no sample batch arr_0", hint="expected an ADM-format sample npz (arr_0: uint8 N x H x W x C)")
+    imgs = torch.from_numpy(np.asarray(arrays["arr_0"])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return score(imgs, cfg, datasets, nfe=None)

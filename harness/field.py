@@ -1,0 +1,92 @@
+"""Velocity fields: the one abstraction every method builds and every sampler consumes (DESIGN.md).
+
+A :class:`Field` maps (x (B, ...), t (B,), y (B,) | None) -> v (B, ...) in the harness
+convention (t = 0 noise, t = 1 data, v = dx/dt).  ``Mixture`` (DDM) and ``Guided``
+(CFG/AG/ICG/SG) are later implementations of the same protocol.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from harness.errors import ConfigError
+
+
+class Field:
+    """Protocol: ``field(x, t, y) -> v``; subclasses override :meth:`velocity`."""
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not torch.is_tensor(t) or t.dim() == 0:
+            t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        return self.velocity(x, t, y)
+
+
+class Net(Field):
+    """One network behind an objective's output -> velocity conversion (monolithic, MoE)."""
+
+    def __init__(self, model: torch.nn.Module, objective) -> None:
+        self.model, self.objective = model, objective
+
+    @torch.no_grad()
+    def velocity(self, x, t, y=None):
+        return self.objective.velocity(self.model, x, t, y)
+
+
+class Exact(Field):
+    """A closed-form velocity ``fn(x, t, y)`` (the Gaussian-mixture oracle)."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+
+    def velocity(self, x, t, y=None):
+        return self.fn(x, t, y)
+
+
+def check_boundaries(boundaries: Sequence[float], n_fields: Optional[int] = None, key: str = "boundaries") -> list[float]:
+    """Interior boundaries must be strictly increasing inside (0, 1), N - 1 of them for N experts."""
+    b = [float(v) for v in boundaries]
+    if any(not (0.0 < v < 1.0) for v in b):
+        raise ConfigError(f"{key}: every boundary must lie in (0, 1), got {b}")
+    if any(b2 <= b1 for b1, b2 in zip(b, b[1:])):
+        raise ConfigError(f"{key}: boundaries must be strictly increasing, got {b}")
+    if n_fields is not None and len(b) != n_fields - 1:
+        raise ConfigError(f"{key}: {n_fields} experts need {n_fields - 1} interior boundaries, got {len(b)}")
+    return b
+
+
+def intervals_from_boundaries(boundaries: Sequence[float]) -> list[tuple[float, float]]:
+    """[(0, b1), (b1, b2), ..., (b_{N-1}, 1)]: expert i owns [b_i, b_{i+1}) (the last one includes 1)."""
+    edges = [0.0, *[float(b) for b in boundaries], 1.0]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class Piecewise(Field):
+    """Expert i answers for t in [b_i, b_{i+1}) (seed 000, Sec. 3; the last interval includes t = 1).
+
+    Each element of a batch goes to its own expert, so training-time batches with mixed t
+    and sampling batches (one t) both work; an expert is only called on its elements.
+    """
+
+    def __init__(self, fields: Sequence[Field], boundaries: Sequence[float]) -> None:
+        self.fields = list(fields)
+        self.boundaries = check_boundaries(boundaries, len(self.fields))
+        self._edges = torch.tensor(self.boundaries, dtype=torch.float64)
+
+    def expert_index(self, t: torch.Tensor) -> torch.Tensor:
+        """Index (B,) of the expert owning each t: the number of boundaries <= t."""
+        return torch.bucketize(t.detach().to(torch.float64).cpu(), self._edges, right=True).to(t.device)
+
+    def velocity(self, x, t, y=None):
+        idx = self.expert_index(t)
+        if bool((idx == idx[0]).all()):
+            return self.fields[int(idx[0])](x, t, y)
+        out = torch.empty_like(x)
+        for i, field in enumerate(self.fields):
+            sel = (idx == i).nonzero(as_tuple=True)[0]
+            if sel.numel():
+                out[sel] = field(x[sel], t[sel], None if y is None else y[sel])
+        return out

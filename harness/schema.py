@@ -1,0 +1,175 @@
+"""Typed schemas of the non-plug-in config nodes, and type checking against annotations.
+
+Plug-in nodes (data, backbone, objective, method, sampler) are checked against the
+signature of what they name in the registry (:mod:`harness.config`); the rest have a
+dataclass here.  Every check raises a one-line :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from harness.errors import ConfigError
+from harness.registry import suggest
+
+
+def type_ok(value: Any, hint: Any) -> bool:
+    """Whether a plain (container-converted) config value fits a type annotation."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            return False
+        if args and args[-1] is not Ellipsis and origin is not tuple:
+            return all(type_ok(v, args[0]) for v in value)
+        if args and origin is tuple and args[-1] is Ellipsis:
+            return all(type_ok(v, args[0]) for v in value)
+        return True
+    if origin in (dict, Mapping, typing.Mapping) or hint in (dict,):
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_kwargs(prefix: str, kwargs: Mapping[str, Any], params: Mapping[str, inspect.Parameter],
+                 hints: Mapping[str, Any]) -> None:
+    """Unknown keys (with a did-you-mean), wrong types and missing required values."""
+    for key, value in kwargs.items():
+        if key not in params:
+            raise ConfigError(f"{prefix}.{key}: unknown key.{suggest(key, params)} Known: {', '.join(sorted(params))}")
+        if value == "???":
+            raise ConfigError(f"{prefix}.{key}: a value is required", hint=f"pass {prefix}.{key}=...")
+        hint = hints.get(key, inspect.Parameter.empty)
+        if not type_ok(value, hint):
+            raise ConfigError(f"{prefix}.{key}: expected {type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def check_dataclass(prefix: str, node: Mapping[str, Any], cls: type) -> Any:
+    """Check ``node`` against dataclass ``cls`` and return an instance (whose ``check`` runs)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = {name: inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in fields}
+    hints = typing.get_type_hints(cls)
+    check_kwargs(prefix, node, params, hints)
+    obj = cls(**node)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(prefix)
+    return obj
+
+
+def positive(prefix: str, **values: float) -> None:
+    for key, v in values.items():
+        if v <= 0:
+            raise ConfigError(f"{prefix}.{key} must be > 0, got {v}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    label_dropout: float = 0.1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    amp: str = "auto"
+    device: str = "auto"
+
+    def check(self, p: str) -> None:
+        positive(p, steps=self.steps, batch_size=self.batch_size, lr=self.lr, checkpoint_every=self.checkpoint_every,
+                 keep_checkpoints=self.keep_checkpoints, log_every=self.log_every)
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError(f"{p}.warmup_steps, grad_clip and weight_decay must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{p}.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"{p}.label_dropout must be in [0, 1), got {self.label_dropout}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{p}.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ConfigError(f"{p}.amp must be auto, on or off, got {self.amp!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"{p}.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    extractor: Optional[str] = "smallcnn"
+    extractor_kwargs: dict = dataclasses.field(default_factory=dict)
+    n_samples: int = 256
+    reference_split: str = "test"
+    reference_n: int = 1000
+    metrics: list[str] = dataclasses.field(default_factory=list)
+    batch_size: int = 128
+    seed_offset: int = 0
+    class_label: Optional[int] = None
+
+    def check(self, p: str) -> None:
+        positive(p, n_samples=self.n_samples, batch_size=self.batch_size)
+        if self.reference_n < 0 or self.seed_offset < 0:
+            raise ConfigError(f"{p}.reference_n and seed_offset must be >= 0")
+        bad = [m for m in self.metrics if m not in ("fd", "kid", "pr", "is")]
+        if bad:
+            raise ConfigError(f"{p}.metrics: unknown metric {bad[0]!r}.{suggest(bad[0], ['fd', 'kid', 'pr', 'is'])} Known: fd, kid, pr, is")
+        if self.metrics and self.extractor is None:
+            raise ConfigError(f"{p}.metrics needs {p}.extractor", hint="set eval=fd_smallcnn or eval.metrics=[]")
+
+
+@dataclasses.dataclass
+class PathsConfig:
+    workdir: str = "harness_out"
+    cache: str = "~/.cache/harness"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    name: Optional[str] = None
+    experiment_name: str = "harness"
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///harness_out/mlflow.db"
+    log_git_diff: bool = True
+
+
+@dataclasses.dataclass
+class LauncherConfig:
+    name: str = "local"
+
+    def check(self, p: str) -> None:
+        if self.name not in ("local", "debug"):
+            raise ConfigError(f"{p}.name: unknown launcher {self.name!r}.{suggest(self.name, ['local', 'debug'])} Available: local, debug")
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "paths": PathsConfig, "run": RunConfig,
+           "tracking": TrackingConfig, "launcher": LauncherConfig}

@@ -1,0 +1,84 @@
+"""Training units: content-hashed (backbone, objective, interval, data, schedule, seed) -> checkpoint.
+
+A unit's identity is the SHA-256 of exactly the inputs that determine its weights
+(DESIGN.md; STYLE practice 9), so identical units are trained once and reused, and a
+boundary sweep retrains only the experts whose interval moved.  Keys that do not change
+the weights (logging, checkpoint cadence, progress bars) are left out of the hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from harness.config import CONFIG_VERSION
+from harness.errors import ConfigError
+from harness.registry import get
+
+HASH_VERSION = 1  # bump when the trainer's arithmetic changes, so old units are not reused
+NON_WEIGHT_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every", "device")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    """Short SHA-256 of the canonical JSON of ``obj``."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+@dataclasses.dataclass
+class UnitSpec:
+    """Everything that determines one trained network."""
+
+    label: str                      # human-readable role, e.g. "expert1/2 [0.5, 1.0)"; not hashed
+    data: dict[str, Any]            # data node
+    backbone: dict[str, Any]        # backbone node
+    objective: dict[str, Any]       # objective node
+    train: dict[str, Any]           # train node (non-weight keys are ignored by the hash)
+    interval: tuple[float, float] = (0.0, 1.0)  # t range sampled during training (seed 000, Alg. 1)
+
+    def identity(self) -> dict[str, Any]:
+        train = {k: v for k, v in self.train.items() if k not in NON_WEIGHT_TRAIN_KEYS}
+        return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": self.data,
+                "backbone": self.backbone, "objective": self.objective, "train": train,
+                "interval": [float(self.interval[0]), float(self.interval[1])]}
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.identity())
+
+    def directory(self, workdir: Path | str) -> Path:
+        return Path(workdir) / "units" / self.hash
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.identity(), label=self.label, hash=self.hash)
+
+
+def unit_from_config(cfg: Mapping[str, Any], label: str, interval: tuple[float, float] = (0.0, 1.0),
+                     **train_overrides: Any) -> UnitSpec:
+    """A unit from a validated config with an optional interval and train-key overrides."""
+    train = dict(cfg["train"], **train_overrides)
+    return UnitSpec(label=label, data=dict(cfg["data"]), backbone=dict(cfg["backbone"]),
+                    objective=dict(cfg["objective"]), train=train, interval=(float(interval[0]), float(interval[1])))
+
+
+def build_backbone(node: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    """Instantiate a backbone node ``{name, **kwargs}`` for data of ``in_shape`` and ``num_classes``."""
+    kwargs = {k: v for k, v in node.items() if k != "name"}
+    cls = get("backbone", node["name"])
+    try:
+        return cls(in_shape=tuple(in_shape), num_classes=int(num_classes), **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"backbone ({node['name']}): {err}") from None
+
+
+def done_record(unit_dir: Path) -> Optional[dict[str, Any]]:
+    """The completion record of a finished unit, or None."""
+    path = Path(unit_dir) / "done.json"
+    return json.loads(path.read_text()) if path.exists() else None

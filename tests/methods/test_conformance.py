@@ -1,0 +1,19 @@
+"""Every registered method (and the template) passes the conformance suite."""
+import importlib
+
+import pytest
+
+from harness.registry import registry
+from tests.methods.conformance import check_method
+
+EXTRA = {"naive_split": ["method.n=3"]}
+
+
+@pytest.mark.parametrize("name", registry("method").keys())
+def test_registered_method_conforms(name):
+    check_method(name, EXTRA.get(name, []))
+
+
+def test_template_conforms():
+    importlib.import_module("harness.methods._template")  # registers "_template" (not auto-discovered)
+    check_method("_template", ["method.boundary=0.3"])

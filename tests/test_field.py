@@ -1,0 +1,54 @@
+"""Piecewise picks the right expert at and around its boundaries (seed 000, Sec. 3)."""
+import pytest
+import torch
+
+from harness.errors import ConfigError
+from harness.field import Exact, Piecewise, intervals_from_boundaries
+
+
+def constant(i):
+    return Exact(lambda x, t, y: torch.full_like(x, float(i)))
+
+
+def test_expert_index_at_and_around_boundaries():
+    pw = Piecewise([constant(i) for i in range(3)], [0.414, 0.788])
+    eps = 1e-9
+    t = torch.tensor([0.0, 0.414 - eps, 0.414, 0.414 + eps, 0.788 - eps, 0.788, 0.99, 1.0])
+    assert pw.expert_index(t).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+    v = pw(torch.zeros(len(t), 2), t)
+    assert v[:, 0].tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_float32_times_route_like_float64():
+    pw = Piecewise([constant(i) for i in range(2)], [0.5])
+    t = torch.tensor([0.49999997, 0.5, 0.50000006], dtype=torch.float32)
+    assert pw.expert_index(t).tolist() == [0, 1, 1]
+
+
+def test_each_expert_sees_only_its_elements():
+    calls = []
+
+    def recorder(i):
+        def fn(x, t, y):
+            calls.append((i, t.clone(), None if y is None else y.clone()))
+            return torch.full_like(x, float(i))
+        return Exact(fn)
+
+    pw = Piecewise([recorder(0), recorder(1)], [0.5])
+    t = torch.tensor([0.1, 0.9, 0.2, 0.6])
+    y = torch.tensor([1, 2, 3, 4])
+    pw(torch.zeros(4, 1), t, y)
+    assert [c[0] for c in calls] == [0, 1]
+    assert calls[0][1].tolist() == pytest.approx([0.1, 0.2]) and calls[0][2].tolist() == [1, 3]
+    assert calls[1][2].tolist() == [2, 4]
+
+
+def test_intervals_cover_unit_interval():
+    assert intervals_from_boundaries([0.25, 0.5]) == [(0.0, 0.25), (0.25, 0.5), (0.5, 1.0)]
+
+
+@pytest.mark.parametrize("bounds,n,msg", [([0.5, 0.4], 3, "increasing"), ([0.0], 2, r"\(0, 1\)"),
+                                          ([0.3], 3, "2 interior"), ([1.2], 2, r"\(0, 1\)")])
+def test_bad_boundaries(bounds, n, msg):
+    with pytest.raises(ConfigError, match=msg):
+        Piecewise([constant(i) for i in range(n)], bounds)
