@@ -66,7 +66,7 @@ def _lookup(cfg: Any, dotted: str) -> tuple[bool, Any, str]:
     node = cfg
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, DictConfig) or part not in list(node.keys()):
             return False, node, ".".join(parts[: i + 1])
         node = node._get_node(part)  # no interpolation resolution needed here
     return True, node, ""
@@ -146,8 +146,6 @@ def validate(cfg: Any) -> dict[str, Any]:
         check_dataclass(key, plain.get(key) or {}, cls)
     for node_name, kind in PLUGIN_NODES.items():
         check_plugin_node(node_name, kind, plain[node_name])
-    if plain["eval"].get("extractor"):
-        get("extractor", plain["eval"]["extractor"])
     root = plain["data"].get("root")
     if root and not Path(str(root)).expanduser().exists() and not str(root).endswith("cifar10_standin/cifar-10-batches-py"):
         raise ConfigError(f"data.root: {root} does not exist", hint="point data.root at the dataset directory")
@@ -155,7 +153,19 @@ def validate(cfg: Any) -> dict[str, Any]:
     check = getattr(method_cls, "check_config", None)
     if check is not None:
         check(plain)
+    _instantiate_light(plain)
+    if plain["eval"].get("extractor"):
+        get("extractor", plain["eval"]["extractor"])
     return plain
+
+
+def _instantiate_light(plain: Mapping[str, Any]) -> None:
+    """Build the cheap plug-ins (objective, sampler) so their own value checks run before anything else."""
+    from harness.objectives import build_objective
+
+    build_objective(plain["objective"])
+    node = plain["sampler"]
+    get("sampler", node["name"])(**{k: v for k, v in node.items() if k != "name"})
 
 
 def load(overrides: Iterable[str] = ()) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from harness.config import load
 from harness.experiment import method_for
 from harness.units import build_backbone
 
-TINY = ["data=gaussian_mixture", "data.n=64", "backbone=mlp_tiny", "train.steps=2"]
+TINY = ["data=gaussian_mixture", "data.n=64", "backbone=mlp_tiny", "eval=fd_raw", "train.steps=2"]
 
 
 def fake_parts(method, cfg):

@@ -1,0 +1,332 @@
+"""DiT / SiT / JiT: the transformer backbones of seeds 000, 002 and 004.
+
+DiT (Peebles & Xie 2023) and SiT (Ma et al. 2024) share one architecture; SiT only trains
+it with the interpolant (flow) objective, so ``sit`` is the same network under another
+name (seed 000 uses SiT-S/B/XL, seed 002 DiT/SiT with MoE FFNs, seed 004 SiT-XL/2).  JiT
+(Li & He 2025; seed 000 Tab. 2 uses JiT-B/4 on ImageNet-64) is a DiT over raw pixels with
+large patches and a bottleneck patch embedding; how its output is read (x-prediction) is
+the objective's business, not the backbone's.
+
+Two extension points, both through the registry so later methods never edit this file:
+
+* ``ffn`` / ``ffn_kwargs`` / ``ffn_every`` / ``ffn_layers``: which FFN (``harness.backbones.ffn``)
+  the chosen blocks use; the others keep the dense FFN (DiffMoE: MoE in every other block).
+* ``token_selector`` / ``token_selector_kwargs`` / ``select_blocks``: token routing or
+  masking around a block range (``harness.backbones.token_selection``, seed 004).
+
+Conventions (harness-wide): ``forward(x, t, y=None)``, ``t`` in [0, 1] embedded as
+sinusoids of ``1000 t`` (DiT's timestep scale), ``y = None`` -> the null class
+``num_classes`` (CFG).  The null class is always in the table; label dropout is the
+trainer's job.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.backbones.ffn import aux_loss, build_ffn
+from harness.backbones.token_selection import build_token_selector
+from harness.errors import ConfigError
+from harness.registry import register
+
+
+# ---------------------------------------------------------------- embeddings (shared)
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoids of ``1000 t`` (B,) -> (B, dim), ``[cos, sin]`` halves as DiT/ADM."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]                       # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> (B, D): 256 sinusoids through a two-layer SiLU MLP (DiT)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """y (B,) or None -> (B, D); row ``num_classes`` of the table is the null class (CFG)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        return self.table(y)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (MAE/DiT): (grid_h * grid_w, dim), row-major."""
+    def one_d(d: int, pos: torch.Tensor) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2.0))
+        out = pos.reshape(-1, 1).double() * omega[None]                    # (P, d/2)
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+    ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    # DiT's first half encodes the column (w) coordinate, the second half the row (h).
+    return torch.cat([one_d(dim // 2, xs), one_d(dim // 2, ys)], dim=1).float()
+
+
+# ---------------------------------------------------------------- blocks
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: (B, S, D) * (1 + scale) + shift, scale/shift (B, 1, D)."""
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (timm ``Attention``: fused qkv with bias), optional qk-norm (JiT)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        head_dim = dim // num_heads
+        self.q_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, D = x.shape
+        qkv = self.qkv(x).reshape(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.q_norm(qkv[0]), self.k_norm(qkv[1]), qkv[2]        # (B, H, S, D/H)
+        out = F.scaled_dot_product_attention(q, k, v)                      # (B, H, S, D/H)
+        return self.proj(out.transpose(1, 2).reshape(B, S, D))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block (DiT Fig. 3): attention and FFN, each modulated and gated by c."""
+
+    def __init__(self, dim: int, num_heads: int, ffn: nn.Module, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ffn = ffn
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        """x (B, S, D), c (B, D) -> ((B, S, D), aux of the FFN)."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)  # (B, 1, D) each
+        x = x + g1 * self.attn(modulate(self.norm1(x), sh1, sc1))
+        h, aux = self.ffn(modulate(self.norm2(x), sh2, sc2), ctx)
+        return x + g2 * h, aux
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + LayerNorm + Linear to p*p*C per token (DiT)."""
+
+    def __init__(self, dim: int, patch: int, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch * patch * channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))           # (B, S, p*p*C)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"backbone.{key}: {message}")
+
+
+# ---------------------------------------------------------------- the backbone
+@register("backbone", "dit")
+class DiT(nn.Module):
+    """Diffusion Transformer with adaLN-Zero (DiT); sizes S/B/L/XL live in ``conf/backbone``.
+
+    ``bottleneck_dim`` (JiT) factors the patch embedding into p*p*C -> bottleneck -> D.
+    After each forward ``last_aux_loss`` holds the sum of the FFNs' ``aux["loss"]`` (0 for
+    dense FFNs), for the trainer to add to the objective.
+    """
+
+    def __init__(self, *, in_shape: tuple[int, ...], num_classes: int,
+                 patch_size: int = 2,                  # pixels (or latent cells) per patch side
+                 hidden_size: int = 384,               # token width D
+                 depth: int = 12,                      # number of DiT blocks
+                 num_heads: int = 6,                   # attention heads; must divide hidden_size
+                 mlp_ratio: float = 4.0,               # dense FFN hidden width / D
+                 qk_norm: bool = False,                # LayerNorm on q and k per head (JiT)
+                 bottleneck_dim: int | None = None,    # JiT bottleneck patch embedding width; None = DiT conv
+                 ffn: str = "dense",                   # registered FFN for the chosen blocks
+                 ffn_kwargs: dict[str, Any] | None = None,
+                 ffn_every: int = 1,                   # blocks i with i % ffn_every == ffn_every - 1 get `ffn`
+                 ffn_layers: tuple[int, ...] | None = None,  # explicit block indices (overrides ffn_every)
+                 token_selector: str | None = None,    # registered selector; None = dense
+                 token_selector_kwargs: dict[str, Any] | None = None,
+                 select_blocks: tuple[int, ...] | None = None,  # [start, end); None = [2, depth-2) (TREAD)
+                 ) -> None:
+        super().__init__()
+        _check(len(in_shape) == 3, "name", f"transformers need (C, H, W) data, got in_shape={tuple(in_shape)}")
+        C, H, W = (int(s) for s in in_shape)
+        _check(patch_size > 0 and H % patch_size == 0 and W % patch_size == 0, "patch_size",
+               f"{patch_size} does not divide the image size {H}x{W}")
+        _check(depth > 0, "depth", f"must be > 0, got {depth}")
+        _check(num_heads > 0 and hidden_size % num_heads == 0, "hidden_size",
+               f"{hidden_size} is not divisible by num_heads={num_heads}")
+        _check(hidden_size % 4 == 0, "hidden_size", f"{hidden_size} must be divisible by 4 (2-D sin-cos embedding)")
+        self.in_shape, self.num_classes, self.patch_size = (C, H, W), int(num_classes), int(patch_size)
+        self.grid = (H // patch_size, W // patch_size)
+        self.depth, self.hidden_size = depth, hidden_size
+
+        p, D = patch_size, hidden_size
+        if bottleneck_dim is None:
+            self.x_embedder = nn.Conv2d(C, D, kernel_size=p, stride=p)
+        else:
+            _check(bottleneck_dim > 0, "bottleneck_dim", f"must be > 0, got {bottleneck_dim}")
+            self.x_embedder = nn.Sequential(nn.Conv2d(C, bottleneck_dim, kernel_size=p, stride=p, bias=False),
+                                            nn.Conv2d(bottleneck_dim, D, kernel_size=1))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, *self.grid)[None], persistent=False)  # (1, S, D)
+        self.t_embedder = TimestepEmbedder(D)
+        self.label_embed = LabelEmbedder(self.num_classes, D) if self.num_classes > 0 else None
+
+        if ffn_layers is not None:
+            special = {int(i) for i in ffn_layers}
+            _check(all(0 <= i < depth for i in special), "ffn_layers", f"indices must lie in [0, {depth}), got {sorted(special)}")
+        else:
+            _check(ffn_every > 0, "ffn_every", f"must be > 0, got {ffn_every}")
+            special = {i for i in range(depth) if i % ffn_every == ffn_every - 1}
+        if ffn == "dense":
+            special = set(range(depth))  # ffn_kwargs (e.g. dropout) then apply to every block
+        self.ffn_layers = sorted(special) if ffn != "dense" else []     # blocks with the non-dense FFN
+        self.blocks = nn.ModuleList(
+            DiTBlock(D, num_heads, build_ffn(ffn if i in special else "dense", D, mlp_ratio,
+                                             ffn_kwargs if i in special else None), qk_norm)
+            for i in range(depth))
+        self.final_layer = FinalLayer(D, p, C)
+
+        self.token_selector = build_token_selector(token_selector, token_selector_kwargs)
+        if select_blocks is None:
+            start = 2 if depth >= 6 else (1 if depth >= 3 else 0)
+            select_blocks = (start, depth - start)
+        _check(len(select_blocks) == 2 and 0 <= select_blocks[0] < select_blocks[1] <= depth, "select_blocks",
+               f"need [start, end) with 0 <= start < end <= depth={depth}, got {list(select_blocks)}")
+        self.select_blocks = (int(select_blocks[0]), int(select_blocks[1]))
+        self.last_aux_loss: torch.Tensor = torch.zeros(())
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT init: xavier Linear, zero adaLN and output (adaLN-Zero), N(0, 0.02) embeddings."""
+        def basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.apply(basic)
+        for m in self.modules():
+            if m is not self and hasattr(m, "init_weights"):
+                m.init_weights()  # an FFN (e.g. MoE) that initialises itself
+        for conv in [self.x_embedder] if isinstance(self.x_embedder, nn.Conv2d) else list(self.x_embedder):
+            nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        if self.label_embed is not None:
+            nn.init.normal_(self.label_embed.table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    @property
+    def num_tokens(self) -> int:
+        """S = (H / p) * (W / p) tokens per image."""
+        return self.grid[0] * self.grid[1]
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, S, D) tokens with position embedding."""
+        return self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, p*p*C) -> (B, C, H, W)."""
+        (C, H, W), p, (gh, gw) = self.in_shape, self.patch_size, self.grid
+        x = x.reshape(x.shape[0], gh, gw, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, H, W)
+
+    def condition(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """c = t-embedding + label embedding (null class if ``y`` is None): (B, D)."""
+        c = self.t_embedder(t.expand(batch) if t.dim() == 0 else t)
+        if self.label_embed is not None:
+            c = c + self.label_embed(y, batch, c.device)
+        return c
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
+                gamma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x (B, C, H, W), t (B,), y (B,) or None -> (B, C, H, W).
+
+        ``gamma`` overrides the token selector's sparsity for this call (Sparse Guidance's
+        strong/weak branches); ``generator`` draws the selector's random subsets.
+        """
+        B = x.shape[0]
+        h = self.patchify(x)                                               # (B, S, D)
+        c = self.condition(t, y, B)                                        # (B, D)
+        ctx: dict[str, Any] = {"c": c, "t": t, "y": y, "block": 0, "token_state": None}
+        total_aux = torch.zeros((), device=h.device, dtype=h.dtype)
+        start, end = self.select_blocks
+        h_full, state = h, None
+        for i, block in enumerate(self.blocks):
+            if self.token_selector is not None and i == start:
+                h_full = h
+                h, state = self.token_selector.select(h, generator, gamma=gamma)   # (B, S', D)
+                ctx["token_state"] = state
+            ctx["block"] = i
+            h, aux = block(h, c, ctx)
+            total_aux = total_aux + aux_loss(aux, total_aux)
+            if self.token_selector is not None and i == end - 1:
+                h = self.token_selector.restore(h, h_full, state)          # (B, S, D)
+                ctx["token_state"] = None
+        self.last_aux_loss = total_aux
+        return self.unpatchify(self.final_layer(h, c))
+
+
+@register("backbone", "sit")
+class SiT(DiT):
+    """SiT (Ma et al. 2024): exactly the DiT network, trained with the interpolant objective.
+
+    A subclass rather than a second name on ``DiT`` only so ``registered_name`` stays
+    right for each; it adds nothing.
+    """
+
+
+@register("backbone", "jit")
+class JiT(DiT):
+    """JiT ("Just image Transformer", Li & He 2025): DiT over pixels with large patches.
+
+    Defaults are JiT-B/16 on 256x256x3 (768 wide, 12 blocks, 12 heads, bottleneck 128,
+    SwiGLU FFN, qk-norm).  Not reproduced: RoPE and in-context class tokens (JiT's
+    other changes); position is the fixed 2-D sin-cos embedding and the class enters
+    through adaLN as in DiT.  The objective (``x_prediction``) reads the output as x1.
+    """
+
+    def __init__(self, *, in_shape: tuple[int, ...], num_classes: int,
+                 patch_size: int = 16, hidden_size: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qk_norm: bool = True, bottleneck_dim: int | None = 128,
+                 ffn: str = "swiglu", ffn_kwargs: dict[str, Any] | None = None, ffn_every: int = 1,
+                 ffn_layers: tuple[int, ...] | None = None, token_selector: str | None = None,
+                 token_selector_kwargs: dict[str, Any] | None = None,
+                 select_blocks: tuple[int, ...] | None = None) -> None:
+        super().__init__(in_shape=in_shape, num_classes=num_classes, patch_size=patch_size,
+                         hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                         qk_norm=qk_norm, bottleneck_dim=bottleneck_dim, ffn=ffn, ffn_kwargs=ffn_kwargs,
+                         ffn_every=ffn_every, ffn_layers=ffn_layers, token_selector=token_selector,
+                         token_selector_kwargs=token_selector_kwargs, select_blocks=select_blocks)
