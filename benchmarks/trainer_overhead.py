@@ -78,7 +78,7 @@ def main() -> None:
     from harness.config import load
 
     cfg = load([f"experiment={args.experiment}", f"backbone={args.backbone}", "train.checkpoint_every=100",
-                "train.log_every=50", "train.label_dropout=0.1", f"train.device={args.device}", "run.progress=false"])
+                "train.log_every=50", "train.label_dropout=0.1", "eval=none", f"train.device={args.device}", "run.progress=false"])
     n = args.long - args.short
     per = {"harness": [], "bare": [], "bare+ema+clip": []}
     for r in range(args.repeats):

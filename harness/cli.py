@@ -23,16 +23,22 @@ def _console():
 
 
 def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
+    """One column per run, one row per field: metric names stay readable in a terminal."""
     from rich.table import Table
 
     table = Table(title=title)
-    metric_names = sorted({k for r in rows for k in r.get("metrics", {})})
-    for col in ["run", "method", "units trained/reused", "NFE", *metric_names, "seconds"]:
-        table.add_column(col, justify="right" if col not in ("run", "method") else "left")
+    table.add_column("")
     for r in rows:
-        m = r.get("metrics", {})
-        table.add_row(r["name"], r["method"], f"{r['units_trained']}/{r['units_reused']}", str(r.get("protocol", {}).get("nfe", "-")),
-                      *[f"{m[k]:.4g}" if k in m else "-" for k in metric_names], str(r["seconds"]))
+        table.add_column(r["name"], justify="right")
+    metric_names = sorted({k for r in rows for k in r.get("metrics", {})})
+    table.add_row("method", *[r["method"] for r in rows])
+    table.add_row("units trained/reused", *[f"{r['units_trained']}/{r['units_reused']}" for r in rows])
+    table.add_row("NFE per sample", *[str(r.get("protocol", {}).get("nfe", "-")) for r in rows])
+    for k in metric_names:
+        table.add_row(k, *[f"{r['metrics'][k]:.4g}" if k in r.get("metrics", {}) else "-" for r in rows])
+    table.add_row("extractor", *[str(r.get("protocol", {}).get("extractor", "-")) for r in rows])
+    table.add_row("MLflow run", *[r["run_id"] for r in rows])
+    table.add_row("seconds", *[str(r["seconds"]) for r in rows])
     _console().print(table)
 
 
@@ -105,7 +111,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_fid(args) -> int:
-    from harness.evaluate.score import fid_between
+    from harness.evaluate.scoring import fid_between
     from harness.registry import get
 
     extractor = get("extractor", args.extractor)(**({"path": args.weights} if args.weights else {}))
@@ -149,6 +155,25 @@ def cmd_validate(args) -> int:
             import yaml
 
             print(yaml.safe_dump(cfg, sort_keys=False))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from rich.table import Table
+
+    from harness.config import load
+    from harness.describe import describe_experiment
+
+    info = describe_experiment(load(args.overrides))
+    table = Table(title=f"units (data {tuple(info['data_shape'])}, {info['num_classes']} classes, shape {info['shape_source']})")
+    for col in ("role", "hash", "interval", "steps", "params (M)", "GFLOPs/forward", "GMACs/forward"):
+        table.add_column(col)
+    for role, r in info["units"].items():
+        table.add_row(role, r["hash"], f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f})", str(r["steps"]),
+                      f"{r['params'] / 1e6:.2f}", f"{r['gflops_fmac']:.2f}", f"{r['gmacs']:.2f}")
+    _console().print(table)
+    if args.json:
+        print(json.dumps(info))
     return 0
 
 
@@ -196,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("kind", nargs="?", default=None)
     sp = add("validate", cmd_validate, "validate a config and print it resolved (a dry run)")
     sp.add_argument("--all", action="store_true", help="validate every experiment/*.yaml")
+    sp = add("describe", cmd_describe, "params and GFLOPs per forward of every unit, from shapes only (meta device)")
+    sp.add_argument("--json", action="store_true")
     add("smoke", cmd_smoke, "tiny monolithic + naive split (N=2) on the CIFAR-10-format stand-in: what CI runs")
     sp = sub.add_parser("standin", help="write the CIFAR-10-format stand-in built from Fashion-MNIST")
     sp.add_argument("out")

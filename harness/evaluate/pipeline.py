@@ -99,7 +99,7 @@ def build_extractor(cfg: Mapping[str, Any]):
 
 def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optional[int]) -> dict[str, Any]:
     """Metrics and protocol of a sample set against the configured reference."""
-    from harness.evaluate.score import score_samples
+    from harness.evaluate.scoring import score_samples
 
     ev = cfg["eval"]
     if not ev["metrics"]:
@@ -143,7 +143,7 @@ def sample_grid(samples: torch.Tensor, nrow: int = 8) -> Path:
 
 def score_npz(path: Path, cfg: Mapping[str, Any], datasets) -> dict[str, Any]:
     """Score an ADM-format sample npz (``arr_0`` uint8 NHWC) against the configured reference."""
-    from harness.evaluate.refstats import read_adm_npz
+    from harness.evaluate.adm import read_adm_npz
 
     arrays = read_adm_npz(Path(path))
     if arrays.get("arr_0") is None:

@@ -122,6 +122,9 @@ def ensure_store(uri: str) -> None:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"tracking.uri: cannot create {db.parent}: {err.strerror}") from None
+    import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
+
+    _quiet()
     lock = db.with_name(db.name + ".lock")
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

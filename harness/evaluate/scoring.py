@@ -1,0 +1,89 @@
+"""Score a sample set against reference features, with metric names and a protocol that say what they are.
+
+Metric keys are ``<prefix>_<n>`` with the extractor's prefix (``fid_inception`` only for
+Inception-V3, ``fd_smallcnn``, ``fd_raw``) and the sample count (``256``, ``2k``, ``50k``): e.g.
+``fid_inception_50k``, ``kid_smallcnn_2k``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from harness.errors import DataError
+from harness.evaluate.metrics import (FeatureStats, frechet_distance, inception_score, kernel_inception_distance,
+                                      precision_recall)
+
+
+def n_label(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], reference_features: Optional[np.ndarray],
+                  extractor, metrics: Sequence[str] = ("fd", "kid", "pr"), seed: int = 0) -> dict[str, Any]:
+    """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors)."""
+    feats = extractor.features(samples)
+    ref_stats = reference if reference is not None else FeatureStats.from_features(reference_features)
+    n = n_label(len(feats))
+    family = extractor.metric_prefix.split("_", 1)[1] if "_" in extractor.metric_prefix else extractor.metric_prefix
+    out: dict[str, float] = {}
+    if "fd" in metrics:
+        s = FeatureStats.from_features(feats)
+        out[f"{extractor.metric_prefix}_{n}"] = frechet_distance(s.mu, s.sigma, ref_stats.mu, ref_stats.sigma)
+    if ("kid" in metrics or "pr" in metrics) and reference_features is None:
+        raise DataError("KID and precision/recall need reference features, not only mu/sigma",
+                        hint="use a reference with images (arr_0) or set eval.metrics=[fd]")
+    if "kid" in metrics:
+        m, sd = kernel_inception_distance(feats, reference_features, subset_size=min(1000, len(feats), len(reference_features)), seed=seed)
+        out[f"kid_{family}_{n}"], out[f"kid_std_{family}_{n}"] = m, sd
+    if "pr" in metrics:
+        p, r = precision_recall(reference_features, feats)
+        out[f"precision_{family}_{n}"], out[f"recall_{family}_{n}"] = p, r
+    if "is" in metrics:
+        logits = extractor.logits(samples)
+        if logits is None:
+            raise DataError(f"extractor {extractor.name} has no classifier logits, so no Inception Score",
+                            hint="drop 'is' from eval.metrics or use an extractor with logits")
+        out[f"is_{family}_{n}"] = inception_score(logits)[0]
+    protocol = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
+                "weights_source": extractor.weights_source, "ref_stats_sha256": ref_stats.sha256(),
+                "n_samples": len(feats), "fd_backend": "harness-scipy"}
+    return {"metrics": out, "protocol": protocol}
+
+
+def _load_side(spec: str, extractor) -> tuple[Optional[FeatureStats], Optional[np.ndarray], str]:
+    """Stats/features of an image folder, an ADM sample npz or a statistics npz."""
+    from harness.evaluate.adm import read_adm_npz
+
+    p = Path(spec)
+    if p.is_dir():
+        from PIL import Image
+
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+        if not files:
+            raise DataError(f"{p} contains no PNG/JPEG images")
+        imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
+        sizes = {tuple(i.shape) for i in imgs}
+        if len(sizes) > 1:
+            raise DataError(f"{p}: images have different sizes {sorted(sizes)[:3]}", hint="resize them to one size first")
+        feats = extractor.features(torch.stack(imgs))
+        return FeatureStats.from_features(feats), feats, f"folder:{len(files)}"
+    arrays = read_adm_npz(p)
+    if arrays["arr_0"] is not None:
+        feats = extractor.features(torch.from_numpy(arrays["arr_0"]).permute(0, 3, 1, 2))
+        return FeatureStats.from_features(feats), feats, f"npz-images:{len(feats)}"
+    return FeatureStats(arrays["mu"], arrays["sigma"], 0), None, "npz-stats"
+
+
+def fid_between(a: str, b: str, extractor) -> dict[str, Any]:
+    """Frechet distance between two of: image folder, ADM sample npz, statistics npz (``harness fid A B``)."""
+    sa, _, ka = _load_side(a, extractor)
+    sb, _, kb = _load_side(b, extractor)
+    if sa.mu.shape != sb.mu.shape:
+        raise DataError(f"feature dimensions differ: {a} has {sa.mu.shape[0]}, {b} has {sb.mu.shape[0]}",
+                        hint="statistics npz files must come from the same extractor")
+    name = extractor.metric_prefix
+    return {name: frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma), "a": {"path": a, "kind": ka},
+            "b": {"path": b, "kind": kb}, "extractor": extractor.name, "weights_sha256": extractor.weights_sha256}
