@@ -72,7 +72,7 @@ def _load_side(spec: str, extractor) -> tuple[Optional[FeatureStats], Optional[n
         return FeatureStats.from_features(feats), feats, f"folder:{len(files)}"
     arrays = read_adm_npz(p)
     if arrays["arr_0"] is not None:
-        feats = extractor.features(torch.from_numpy(arrays["arr_0"]).permute(0, 3, 1, 2))
+        feats = extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2))
         return FeatureStats.from_features(feats), feats, f"npz-images:{len(feats)}"
     return FeatureStats(arrays["mu"], arrays["sigma"], 0), None, "npz-stats"
 

@@ -181,13 +181,15 @@ class _Bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False)
+                                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False,
+                                 auto_refresh=False)  # no refresh thread competing with training for 2 cores
         self.task = self.progress.add_task(label, total=total, completed=start, loss="-")
         self.progress.start()
 
     def update(self, done: int, loss: Optional[float] = None) -> None:
         fields = {} if loss is None else {"loss": f"{loss:.4f}"}
         self.progress.update(self.task, completed=done, **fields)
+        self.progress.refresh()
 
     def close(self) -> None:
         self.progress.stop()
