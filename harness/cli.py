@@ -143,19 +143,23 @@ def cmd_list(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    import yaml
+
     from harness.config import load, options
+    from harness.errors import ConfigError
 
-    experiments = options("experiment") if args.all else [None]
-    for exp in experiments:
-        ovr = list(args.overrides) + ([f"experiment={exp}"] if exp else [])
-        cfg = load(ovr)
-        if args.all:
-            _console().print(f"[green]ok[/green] experiment={exp}")
-        else:
-            import yaml
-
-            print(yaml.safe_dump(cfg, sort_keys=False))
-    return 0
+    if not args.all:
+        print(yaml.safe_dump(load(args.overrides), sort_keys=False))
+        return 0
+    failed = 0
+    for exp in options("experiment"):
+        try:
+            load([*args.overrides, f"experiment={exp}"])
+            _console().print(f"[green]ok[/green]    experiment={exp}")
+        except ConfigError as err:
+            failed += 1
+            _console().print(f"[red]error[/red] experiment={exp}: {err.one_line()}", highlight=False)
+    return 2 if failed else 0
 
 
 def cmd_describe(args) -> int:
