@@ -12,7 +12,15 @@ from harness.errors import ConfigError
 from tests.gaussian import linear_posteriors, linear_velocity, vp_posteriors
 
 MU, S = 0.7, 0.4
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Closed-form comparisons in float64, restored afterwards so no other test inherits it."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def points(n=512, d=3, lo=0.02, hi=0.98, seed=0):

@@ -117,9 +117,10 @@ class SmallCNN(torch.nn.Module):
         chans = [3, 32, 64, 128, dim]
         self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chans, chans[1:]))
         self.head = torch.nn.Linear(dim, 10)
+        self.float()  # independent of torch's default dtype
         with torch.no_grad():
             for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p[0].numel()) ** 0.5 if p.dim() > 1 else 0.1))
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * (1.0 / max(1, p[0].numel()) ** 0.5 if p.dim() > 1 else 0.1))
         self.dim, self.resolution, self.batch_size, self.seed = dim, resolution, batch_size, seed
         h = hashlib.sha256()
         for k, v in sorted(self.state_dict().items()):
@@ -130,7 +131,7 @@ class SmallCNN(torch.nn.Module):
         self.eval()
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        x = _to_float3(images) / 127.5 - 1
+        x = _to_float3(images).float() / 127.5 - 1
         x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.2)

@@ -52,8 +52,13 @@ class Tracker:
         self.experiment_id = exp.experiment_id if exp else self._create_experiment(experiment_name)
 
     def _create_experiment(self, name: str) -> str:
+        # Artifacts live beside a SQLite store (not in ./mlruns of whatever the cwd is).
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri[len("sqlite:///"):])
+            location = ((db if db.is_absolute() else Path.cwd() / db).parent / "mlartifacts").as_uri()
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # created concurrently by another process
             return self.client.get_experiment_by_name(name).experiment_id
 
