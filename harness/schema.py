@@ -7,6 +7,7 @@ dataclass here.  Every check raises a one-line :class:`ConfigError` naming the k
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import inspect
 import types
 import typing
@@ -131,9 +132,15 @@ class EvalConfig:
     batch_size: int = 128
     seed_offset: int = 0
     class_label: Optional[int] = None
+    reference: Optional[str] = None     # ADM-format npz (arr_0 and/or mu, sigma) instead of the data's split
+    fd_backend: str = "harness"         # harness (scipy) | torch-fidelity | clean-fid: whose FD function
 
     def check(self, p: str) -> None:
         positive(p, n_samples=self.n_samples, batch_size=self.batch_size)
+        if self.fd_backend not in ("harness", "torch-fidelity", "clean-fid"):
+            raise ConfigError(f"{p}.fd_backend must be harness, torch-fidelity or clean-fid, got {self.fd_backend!r}")
+        if self.reference is not None and not Path(self.reference).expanduser().exists():
+            raise ConfigError(f"{p}.reference: {self.reference} does not exist", hint="expected an ADM-format npz")
         if self.reference_n < 0 or self.seed_offset < 0:
             raise ConfigError(f"{p}.reference_n and seed_offset must be >= 0")
         bad = [m for m in self.metrics if m not in ("fd", "kid", "pr", "is")]

@@ -108,3 +108,28 @@ def test_fid_between_folder_sample_npz_and_stats(tmp_path):
     assert abs(fid_between(str(npz), str(stats), ext)["fd_smallcnn"]) < 1e-6
     other = write_adm_npz(tmp_path / "o.npz", rng.randint(0, 256, (12, 16, 16, 3), dtype=np.uint8) // 2)
     assert fid_between(str(folder), str(other), ext)["fd_smallcnn"] > 1e-3
+
+
+def test_scoring_against_an_adm_reference_npz_and_backends(tmp_path):
+    """eval.reference: a user's ADM reference batch replaces the data split; every FD backend agrees."""
+    from harness.config import load
+    from harness.evaluate.pipeline import score
+    from harness.experiment import DatasetCache
+    from harness.sample import to_uint8
+
+    g = torch.Generator().manual_seed(0)
+    samples = torch.rand(64, 3, 32, 32, generator=g) * 2 - 1
+    ref = write_adm_npz(tmp_path / "ref.npz", to_uint8(samples).permute(0, 2, 3, 1).numpy())
+    vals = {}
+    for backend in ("harness", "torch-fidelity", "clean-fid"):
+        cfg = load(["experiment=smoke_cifar10", f"eval.reference={ref}", "eval.metrics=[fd]", f"eval.fd_backend={backend}"])
+        res = score(samples, cfg, DatasetCache(), nfe=1)
+        vals[backend] = res["metrics"]["fd_smallcnn_64"]
+        assert res["protocol"]["reference"].startswith("adm-npz:") and res["protocol"]["fd_backend"] == backend
+    assert abs(vals["harness"]) < 1e-6
+    assert max(vals.values()) - min(vals.values()) < 1e-3
+    s = FeatureStats.from_features(feats(n=50, d=4))
+    stats_only = write_adm_npz(tmp_path / "stats.npz", mu=s.mu, sigma=s.sigma)
+    cfg = load(["experiment=smoke_cifar10", f"eval.reference={stats_only}", "eval.metrics=[fd]"])
+    with pytest.raises(DataError, match="Inception-V3 statistics"):
+        score(samples, cfg, DatasetCache(), nfe=1)

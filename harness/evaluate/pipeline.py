@@ -92,6 +92,25 @@ def reference_features(cfg: Mapping[str, Any], extractor, datasets) -> tuple[np.
     return feats, content_hash({"key": key, "sum": float(np.asarray(feats, dtype=np.float64).sum())})
 
 
+def reference_from_npz(path: Path, extractor):
+    """Reference from an ADM-format npz: features of its ``arr_0`` batch, else its ``mu``/``sigma`` (FD only)."""
+    from harness.evaluate.adm import read_adm_npz
+    from harness.evaluate.metrics import FeatureStats
+    from harness.train.checkpoint import sha256_file
+
+    arrays = read_adm_npz(path)
+    file_hash = sha256_file(path)
+    if arrays["arr_0"] is not None:
+        feats = extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2))
+        return None, feats, file_hash, f"adm-npz:{path}:arr_0"
+    if extractor.name != "inception_v3":
+        from harness.errors import DataError
+
+        raise DataError(f"{path} holds only mu/sigma, which are Inception-V3 statistics; extractor {extractor.name} cannot use them",
+                        hint="use eval=fid_inception, or a reference npz with images (arr_0)")
+    return FeatureStats(arrays["mu"], arrays["sigma"], 0), None, file_hash, f"adm-npz:{path}:mu,sigma"
+
+
 def build_extractor(cfg: Mapping[str, Any]):
     ev = cfg["eval"]
     return get("extractor", ev["extractor"])(**dict(ev["extractor_kwargs"] or {}))
@@ -105,14 +124,20 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
     if not ev["metrics"]:
         return {"metrics": {}, "protocol": {"nfe": nfe, "n_samples": len(samples)}}
     extractor = build_extractor(cfg)
-    ref, ref_hash = reference_features(cfg, extractor, datasets)
+    ref_stats = None
+    if ev.get("reference"):
+        ref_stats, ref, ref_hash, ref_name = reference_from_npz(Path(ev["reference"]), extractor)
+    else:
+        ref, ref_hash = reference_features(cfg, extractor, datasets)
+        ref_name = json.dumps(reference_node(cfg), sort_keys=True)
     data = datasets.get(cfg["data"])
     inputs = images_uint8(samples) if data.kind == "image" else samples
-    result = score_samples(inputs, reference=None, reference_features=ref, extractor=extractor,
-                           metrics=tuple(ev["metrics"]), seed=int(ev["seed_offset"]))
+    result = score_samples(inputs, reference=ref_stats, reference_features=ref, extractor=extractor,
+                           metrics=tuple(ev["metrics"]), seed=int(ev["seed_offset"]), fd_backend=ev.get("fd_backend", "harness"))
     result["protocol"].update({
-        "protocol_version": PROTOCOL_VERSION, "reference": json.dumps(reference_node(cfg), sort_keys=True),
-        "reference_hash": ref_hash, "reference_n": len(ref), "sampler": json.dumps(cfg["sampler"], sort_keys=True),
+        "protocol_version": PROTOCOL_VERSION, "reference": ref_name,
+        "reference_hash": ref_hash, "reference_n": None if ref is None else len(ref),
+        "sampler": json.dumps(cfg["sampler"], sort_keys=True),
         "nfe": nfe, "seeds": f"{ev['seed_offset']}..{int(ev['seed_offset']) + len(samples) - 1}",
         "class_label": ev["class_label"],
     })

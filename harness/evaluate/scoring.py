@@ -17,12 +17,28 @@ from harness.evaluate.metrics import (FeatureStats, frechet_distance, inception_
                                       precision_recall)
 
 
+def fd_from_stats(a: FeatureStats, b: FeatureStats, backend: str = "harness") -> float:
+    """FD with our scipy implementation or the named library's own function (same statistics)."""
+    if backend == "harness":
+        return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    if backend == "torch-fidelity":
+        from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+        return float(fid_statistics_to_metric({"mu": a.mu, "sigma": a.sigma}, {"mu": b.mu, "sigma": b.sigma}, False)["frechet_inception_distance"])
+    if backend == "clean-fid":
+        from cleanfid.fid import frechet_distance as cf
+
+        return float(cf(a.mu, a.sigma, b.mu, b.sigma))
+    raise ValueError(f"unknown FD backend {backend!r}")
+
+
 def n_label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
 def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], reference_features: Optional[np.ndarray],
-                  extractor, metrics: Sequence[str] = ("fd", "kid", "pr"), seed: int = 0) -> dict[str, Any]:
+                  extractor, metrics: Sequence[str] = ("fd", "kid", "pr"), seed: int = 0,
+                  fd_backend: str = "harness") -> dict[str, Any]:
     """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors)."""
     feats = extractor.features(samples)
     ref_stats = reference if reference is not None else FeatureStats.from_features(reference_features)
@@ -31,7 +47,7 @@ def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], r
     out: dict[str, float] = {}
     if "fd" in metrics:
         s = FeatureStats.from_features(feats)
-        out[f"{extractor.metric_prefix}_{n}"] = frechet_distance(s.mu, s.sigma, ref_stats.mu, ref_stats.sigma)
+        out[f"{extractor.metric_prefix}_{n}"] = fd_from_stats(s, ref_stats, fd_backend)
     if ("kid" in metrics or "pr" in metrics) and reference_features is None:
         raise DataError("KID and precision/recall need reference features, not only mu/sigma",
                         hint="use a reference with images (arr_0) or set eval.metrics=[fd]")
@@ -49,7 +65,7 @@ def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], r
         out[f"is_{family}_{n}"] = inception_score(logits)[0]
     protocol = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
                 "weights_source": extractor.weights_source, "ref_stats_sha256": ref_stats.sha256(),
-                "n_samples": len(feats), "fd_backend": "harness-scipy"}
+                "n_samples": len(feats), "fd_backend": fd_backend}
     return {"metrics": out, "protocol": protocol}
 
 
