@@ -181,6 +181,16 @@ def cmd_describe(args) -> int:
     return 0
 
 
+def cmd_split(args) -> int:
+    from harness.config import load
+    from harness.split.run import run_split
+
+    result = run_split(load(args.overrides))
+    print(json.dumps({k: result[k] for k in ("monitor", "n", "grid", "curve", "cumulative", "boundaries", "cost",
+                                             "field", "aux_unit", "png", "run_id")}))
+    return 0
+
+
 def cmd_smoke(args) -> int:
     from harness.smoke import run_smoke
 
@@ -225,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("kind", nargs="?", default=None)
     sp = add("validate", cmd_validate, "validate a config and print it resolved (a dry run)")
     sp.add_argument("--all", action="store_true", help="validate every experiment/*.yaml")
+    add("split", cmd_split, "CBS boundaries: monitor curve on a grid, equidistributed boundaries (JSON + PNG)")
     sp = add("describe", cmd_describe, "params and GFLOPs per forward of every unit, from shapes only (meta device)")
     sp.add_argument("--json", action="store_true")
     add("smoke", cmd_smoke, "tiny monolithic + naive split (N=2) on the CIFAR-10-format stand-in: what CI runs")

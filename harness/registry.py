@@ -129,6 +129,7 @@ PLUGIN_PACKAGES = (
     "harness.objectives",
     "harness.sample",
     "harness.evaluate",
+    "harness.split",
     "harness.methods",
     "harness.baselines",
 )

@@ -178,5 +178,32 @@ class LauncherConfig:
             raise ConfigError(f"{p}.name: unknown launcher {self.name!r}.{suggest(self.name, ['local', 'debug'])} Available: local, debug")
 
 
+@dataclasses.dataclass
+class SplitConfig:
+    monitor: str = "acceleration"
+    n: int = 3
+    grid: int = 100
+    trajectories: int = 256
+    interpolate: bool = False
+    field: str = "aux"
+    aux_fraction: float = 0.1
+    aux_steps: Optional[int] = None
+    seed: int = 0
+
+    def check(self, p: str) -> None:
+        from harness.registry import registry
+
+        positive(p, n=self.n, grid=self.grid, trajectories=self.trajectories)
+        if self.field not in ("aux", "exact"):
+            raise ConfigError(f"{p}.field must be aux or exact, got {self.field!r}")
+        if not 0 < self.aux_fraction <= 1:
+            raise ConfigError(f"{p}.aux_fraction must be in (0, 1], got {self.aux_fraction}")
+        if self.aux_steps is not None and self.aux_steps <= 0:
+            raise ConfigError(f"{p}.aux_steps must be > 0 or null")
+        if self.n > self.grid:
+            raise ConfigError(f"{p}.n={self.n} exceeds {p}.grid={self.grid}", hint="raise split.grid")
+        registry("monitor").get(self.monitor)
+
+
 SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "paths": PathsConfig, "run": RunConfig,
-           "tracking": TrackingConfig, "launcher": LauncherConfig}
+           "tracking": TrackingConfig, "launcher": LauncherConfig, "split": SplitConfig}
