@@ -13,9 +13,9 @@ def constant(i):
 def test_expert_index_at_and_around_boundaries():
     pw = Piecewise([constant(i) for i in range(3)], [0.414, 0.788])
     eps = 1e-9
-    t = torch.tensor([0.0, 0.414 - eps, 0.414, 0.414 + eps, 0.788 - eps, 0.788, 0.99, 1.0])
+    t = torch.tensor([0.0, 0.414 - eps, 0.414, 0.414 + eps, 0.788 - eps, 0.788, 0.99, 1.0], dtype=torch.float64)
     assert pw.expert_index(t).tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
-    v = pw(torch.zeros(len(t), 2), t)
+    v = pw(torch.zeros(len(t), 2, dtype=torch.float64), t)
     assert v[:, 0].tolist() == [0, 0, 1, 1, 1, 2, 2, 2]
 
 

@@ -108,19 +108,22 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def fd_with_backend(f1: np.ndarray, f2: np.ndarray, backend: str = "harness") -> float:
-    """FD of two feature sets with our code, torch-fidelity's or clean-fid's own function."""
-    s1, s2 = FeatureStats.from_features(f1), FeatureStats.from_features(f2)
+def fd_from_stats(a: FeatureStats, b: FeatureStats, backend: str = "harness") -> float:
+    """FD with our scipy implementation or the named library's own function (same statistics)."""
     if backend == "harness":
-        return frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma)
+        return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     if backend == "torch-fidelity":
-        import torch
         from torch_fidelity.metric_fid import fid_statistics_to_metric
 
-        st = lambda s: {"mu": s.mu, "sigma": s.sigma}  # noqa: E731
-        return float(fid_statistics_to_metric(st(s1), st(s2), False)["frechet_inception_distance"])
+        stats = lambda s: {"mu": s.mu, "sigma": s.sigma}  # noqa: E731
+        return float(fid_statistics_to_metric(stats(a), stats(b), False)["frechet_inception_distance"])
     if backend == "clean-fid":
-        from cleanfid.fid import frechet_distance as cf
+        from cleanfid.fid import frechet_distance as clean_fid_fd
 
-        return float(cf(s1.mu, s1.sigma, s2.mu, s2.sigma))
+        return float(clean_fid_fd(a.mu, a.sigma, b.mu, b.sigma))
     raise ValueError(f"unknown FD backend {backend!r}")
+
+
+def fd_with_backend(f1: np.ndarray, f2: np.ndarray, backend: str = "harness") -> float:
+    """FD of two feature sets with our code, torch-fidelity's or clean-fid's own function."""
+    return fd_from_stats(FeatureStats.from_features(f1), FeatureStats.from_features(f2), backend)

@@ -13,23 +13,8 @@ import numpy as np
 import torch
 
 from harness.errors import DataError
-from harness.evaluate.metrics import (FeatureStats, frechet_distance, inception_score, kernel_inception_distance,
+from harness.evaluate.metrics import (FeatureStats, fd_from_stats, frechet_distance, inception_score, kernel_inception_distance,
                                       precision_recall)
-
-
-def fd_from_stats(a: FeatureStats, b: FeatureStats, backend: str = "harness") -> float:
-    """FD with our scipy implementation or the named library's own function (same statistics)."""
-    if backend == "harness":
-        return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-    if backend == "torch-fidelity":
-        from torch_fidelity.metric_fid import fid_statistics_to_metric
-
-        return float(fid_statistics_to_metric({"mu": a.mu, "sigma": a.sigma}, {"mu": b.mu, "sigma": b.sigma}, False)["frechet_inception_distance"])
-    if backend == "clean-fid":
-        from cleanfid.fid import frechet_distance as cf
-
-        return float(cf(a.mu, a.sigma, b.mu, b.sigma))
-    raise ValueError(f"unknown FD backend {backend!r}")
 
 
 def n_label(n: int) -> str:
@@ -80,7 +65,7 @@ def _load_side(spec: str, extractor) -> tuple[Optional[FeatureStats], Optional[n
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
         if not files:
             raise DataError(f"{p} contains no PNG/JPEG images")
-        imgs = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
+        imgs = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
         sizes = {tuple(i.shape) for i in imgs}
         if len(sizes) > 1:
             raise DataError(f"{p}: images have different sizes {sorted(sizes)[:3]}", hint="resize them to one size first")
