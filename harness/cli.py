@@ -176,6 +176,8 @@ def cmd_describe(args) -> int:
         table.add_row(role, r["hash"], f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f})", str(r["steps"]),
                       f"{r['params'] / 1e6:.2f}", f"{r['gflops_fmac']:.2f}", f"{r['gmacs']:.2f}")
     _console().print(table)
+    if info["note"]:
+        _console().print(f"note: {info['note']}")
     if args.json:
         print(json.dumps(info))
     return 0

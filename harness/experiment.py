@@ -18,9 +18,13 @@ from harness.registry import get
 from harness.units import UnitSpec, content_hash, done_record
 
 
-def method_for(cfg: Mapping[str, Any]):
+def method_for(cfg: Mapping[str, Any], *, prepare: bool = True, datasets=None, tracker=None, parent_id: Optional[str] = None):
+    """The configured method, prepared (its units decided) unless ``prepare=False``."""
     node = cfg["method"]
-    return get("method", node["name"])(cfg, **{k: v for k, v in node.items() if k != "name"})
+    method = get("method", node["name"])(cfg, **{k: v for k, v in node.items() if k != "name"})
+    if prepare:
+        method.prepare(datasets=datasets, tracker=tracker, parent_id=parent_id)
+    return method
 
 
 class DatasetCache:
@@ -99,8 +103,6 @@ def run_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from harness.track import Tracker, flatten, git_diff, git_info
 
     t0 = time.time()
-    method = method_for(cfg)
-    units = method.units()
     datasets = DatasetCache()
     datasets.get(cfg["data"])  # a missing dataset fails here, before anything is written
     workdir = Path(cfg["paths"]["workdir"])
@@ -118,6 +120,8 @@ def run_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if diff:
             tracker.log_text(parent, diff, "git_diff.patch")
     try:
+        method = method_for(cfg, datasets=datasets, tracker=tracker, parent_id=parent)
+        units = method.units()
         counts = train_units(units, cfg, tracker=tracker, parent_id=parent, datasets=datasets)
         field, records = assemble(cfg, method)
         tracker.log_dict(parent, {"units": {r: s.to_dict() for r, s in units.items()}, "method": method.describe()},

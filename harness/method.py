@@ -6,7 +6,7 @@ a :class:`Method` subclass in ``methods/`` or ``baselines/``, and
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -24,6 +24,9 @@ class Method:
     @classmethod
     def check_config(cls, cfg: Mapping[str, Any]) -> None:
         """Cross-key invariants beyond types (raise ConfigError naming the key)."""
+
+    def prepare(self, *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> None:
+        """Work that decides the units (e.g. CBS's aux model and boundaries); runs before :meth:`units`."""
 
     def units(self) -> dict[str, UnitSpec]:
         """Units to train, by role; roles are the keys :meth:`assemble` receives."""

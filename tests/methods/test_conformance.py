@@ -6,7 +6,7 @@ import pytest
 from harness.registry import registry
 from tests.methods.conformance import check_method
 
-EXTRA = {"naive_split": ["method.n=3"]}
+EXTRA = {"naive_split": ["method.n=3"], "cbs": ["method.n=3", "split.field=exact", "split.trajectories=32"]}
 
 
 @pytest.mark.parametrize("name", registry("method").keys())
