@@ -88,7 +88,7 @@ def main() -> None:
         per["bare"].append((bare_time(cfg, args.long, False) - bare_time(cfg, args.short, False)) / n)
         per["bare+ema+clip"].append((bare_time(cfg, args.long, True) - bare_time(cfg, args.short, True)) / n)
     med = {k: statistics.median(v) for k, v in per.items()}
-    dev = "cuda" if (args.device == "auto" and torch.cuda.is_available()) else args.device
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     print(f"backbone={args.backbone} batch={cfg['train']['batch_size']} device={dev} threads={torch.get_num_threads()} repeats={args.repeats}")
     for k, v in med.items():
         print(f"  {k:>14}: {1000 * v:8.2f} ms/step  (runs: {', '.join(f'{1000 * x:.2f}' for x in per[k])})")
