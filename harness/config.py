@@ -18,9 +18,10 @@ from harness.registry import get, suggest
 from harness.schema import SCHEMAS, check_dataclass, check_kwargs
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("data", "backbone", "objective", "method", "sampler", "eval", "launcher", "tracking", "experiment")
+GROUPS = ("data", "backbone", "objective", "method", "sampler", "eval", "launcher", "tracking", "experiment", "guidance")
 # node -> registry kind for plug-in nodes ({name: <key>, **kwargs})
-PLUGIN_NODES = {"data": "dataset", "backbone": "backbone", "objective": "objective", "method": "method", "sampler": "sampler"}
+PLUGIN_NODES = {"data": "dataset", "backbone": "backbone", "objective": "objective", "method": "method", "sampler": "sampler",
+                "guidance": "guidance"}
 # generic transform keys every dataset accepts (harness.data.base.build_dataset)
 DATA_GENERIC_KEYS = {"resolution": int | None, "channels": int | None, "subset_fraction": float, "subset_seed": int}
 # arguments a backbone gets from the data, not from its config node
@@ -153,6 +154,9 @@ def validate(cfg: Any) -> dict[str, Any]:
     check = getattr(method_cls, "check_config", None)
     if check is not None:
         check(plain)
+    from harness.guidance import check_guidance_config
+
+    check_guidance_config(plain)  # gamma ranges, AG's weak model, labels for CFG (seed 004)
     _instantiate_light(plain)
     if plain["eval"].get("extractor"):
         get("extractor", plain["eval"]["extractor"])

@@ -56,7 +56,20 @@ def describe_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if getattr(method, "boundaries", []) is None:  # boundaries come from training (CBS): sizes do not depend on them
         method.boundaries = [i / method.n for i in range(1, method.n)]
         note = "intervals are placeholders: CBS boundaries come from the aux model (harness split)"
-    for role, spec in method.units().items():
+    from harness.guidance import build_guidance
+
+    guidance = build_guidance(cfg)
+    for role, spec in {**method.units(), **guidance.units()}.items():
         stats = describe(lambda spec=spec: build_backbone(spec.backbone, shape, classes), shape)
         rows[role] = {"hash": spec.hash, "interval": list(spec.interval), "steps": spec.train["steps"], **stats}
-    return {"data_shape": list(shape), "num_classes": classes, "shape_source": source, "units": rows, "note": note}
+    guided = None
+    if guidance.registered_name != "none":  # seed 004 Tab. 2: cost of the guided sampler, counted on meta
+        from harness.guidance_cost import config_cost
+
+        guided = {**guidance.describe(), **config_cost(cfg)}
+        line = (f"guidance {guided['guidance']}: {guided['gflops_per_nfe_seed004']:.2f} GFLOPs/NFE, "
+                f"{guided['gflops_per_image_seed004']:.1f} per image over {guided['nfe']} NFE (seed 004 convention: "
+                f"linear/conv multiply-adds); torch's 2-per-MAC count with attention: {guided['gflops_per_nfe_torch']:.2f}")
+        note = f"{note}; {line}" if note else line
+    return {"data_shape": list(shape), "num_classes": classes, "shape_source": source, "units": rows, "note": note,
+            "guidance": guided}

@@ -7,10 +7,12 @@ same MLflow parent run.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
@@ -55,6 +57,18 @@ def _run_record(path: Path, tracker, name: str, *, parent_id: Optional[str], tag
     return run_id
 
 
+@contextlib.contextmanager
+def _unit_lock(unit_dir: Path) -> Iterator[None]:
+    """Exclusive flock beside the unit folder: one process trains a unit, others wait, then reuse it."""
+    unit_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(unit_dir.parent / f"{unit_dir.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def train_units(units: Mapping[str, UnitSpec], cfg: Mapping[str, Any], *, tracker=None, parent_id: Optional[str] = None,
                 datasets: Optional[DatasetCache] = None) -> dict[str, Any]:
     """Train (or reuse) every unit; returns counts of trained and reused units."""
@@ -69,36 +83,77 @@ def train_units(units: Mapping[str, UnitSpec], cfg: Mapping[str, Any], *, tracke
         if done_record(unit_dir) is not None:
             reused.append(role)
             continue
-        dataset = datasets.get(spec.data)
-        run_id = None
-        if tracker is not None:
-            tags = {"harness.kind": "unit", "harness.unit_hash": spec.hash, "harness.role": role, **git_info()}
-            run_id = _run_record(unit_dir / "mlflow_run.json", tracker, f"unit:{spec.label}", parent_id=parent_id,
-                                 tags=tags, params=spec.to_dict())
-        train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker, run_id=run_id,
-                   progress=bool(cfg["run"]["progress"]))
-        if tracker is not None:
-            tracker.end_run(run_id)
+        with _unit_lock(unit_dir):  # a concurrent job (sweep cells sharing a unit) may be training it
+            if done_record(unit_dir) is not None:
+                reused.append(role)
+                continue
+            dataset = datasets.get(spec.data)
+            run_id = None
+            if tracker is not None:
+                tags = {"harness.kind": "unit", "harness.unit_hash": spec.hash, "harness.role": role, **git_info()}
+                run_id = _run_record(unit_dir / "mlflow_run.json", tracker, f"unit:{spec.label}", parent_id=parent_id,
+                                     tags=tags, params=spec.to_dict())
+            train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker, run_id=run_id,
+                       progress=bool(cfg["run"]["progress"]))
+            if tracker is not None:
+                tracker.end_run(run_id)
         trained.append(role)
     return {"trained": trained, "reused": reused}
 
 
+def experiment_units(cfg: Mapping[str, Any], method) -> dict[str, UnitSpec]:
+    """The method's units plus the guidance's (AutoGuidance's weak model), all trained by train_units."""
+    from harness.guidance import build_guidance
+
+    return {**method.units(), **build_guidance(cfg).units()}
+
+
 def assemble(cfg: Mapping[str, Any], method=None):
-    """The method's Field from its finished units (EMA weights)."""
+    """The method's Field from its finished units (EMA weights), wrapped by the configured guidance."""
+    from harness.guidance import build_guidance
     from harness.train import load_unit_field_parts
 
     method = method or method_for(cfg)
+    guidance = build_guidance(cfg)
     workdir = Path(cfg["paths"]["workdir"])
     parts, records = {}, {}
-    for role, spec in method.units().items():
+    method_units = method.units()
+    for role, spec in {**method_units, **guidance.units()}.items():
         model, objective, record = load_unit_field_parts(spec, workdir)
         parts[role] = (model, objective)
         records[role] = record
-    return method.assemble(parts), records
+    field = method.assemble({r: p for r, p in parts.items() if r in method_units})
+    num_classes = max((int(r["num_classes"]) for r in records.values()), default=0)
+    return guidance.wrap(field, parts, num_classes), records
 
 
-def run_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Train, assemble, sample, evaluate and record one experiment; returns its summary."""
+def log_cost(cfg: Mapping[str, Any], method, tracker, run_id: str) -> dict[str, Any]:
+    """Log ``gflops_per_nfe`` / ``gflops_per_image`` (torch's 2 FLOPs per multiply-add, counted on the meta device).
+
+    Seed 004's convention (linear/conv multiply-adds only) is logged beside them with a ``_seed004``
+    suffix.  A backbone whose forward cannot run on the meta device (data-dependent shapes) gets a
+    tag saying so instead of a number: a missing count is never a guessed one.
+    """
+    from harness.guidance_cost import config_cost
+
+    try:
+        cost = config_cost(cfg, method)
+    except Exception as err:  # noqa: BLE001 - counting must never fail the experiment it describes
+        tracker.set_tags(run_id, {"harness.gflops_error": f"{type(err).__name__}: {err}"[:500]})
+        return {}
+    metrics = {"gflops_per_nfe": cost["gflops_per_nfe_torch"], "gflops_per_image": cost["gflops_per_image_torch"],
+               "gflops_per_nfe_seed004": cost["gflops_per_nfe_seed004"],
+               "gflops_per_image_seed004": cost["gflops_per_image_seed004"]}
+    tracker.log_metrics(run_id, metrics)
+    return metrics
+
+
+def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
+                   tags: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """Train, assemble, sample, evaluate and record one experiment; returns its summary.
+
+    ``parent_id``/``tags``: a sweep nests the experiment's run under its own and tags it with the cell.
+    """
     from harness.evaluate.pipeline import evaluate_field
     from harness.track import Tracker, flatten, git_diff, git_info
 
@@ -111,8 +166,8 @@ def run_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     exp_hash = content_hash({k: v for k, v in cfg.items() if k not in ("run", "tracking", "launcher")})
     name = cfg["run"]["name"] or f"{cfg['method']['name']}-{cfg['data']['name']}"
     tags = {"harness.kind": "experiment", "harness.method": cfg["method"]["name"], "harness.data": cfg["data"]["name"],
-            "harness.experiment_hash": exp_hash, **git_info()}
-    parent = _run_record(workdir / "experiments" / exp_hash / "mlflow_run.json", tracker, name, parent_id=None,
+            "harness.experiment_hash": exp_hash, **git_info(), **(tags or {})}
+    parent = _run_record(workdir / "experiments" / exp_hash / "mlflow_run.json", tracker, name, parent_id=parent_id,
                          tags=tags, params=flatten(cfg))
     tracker.log_dict(parent, dict(cfg), "resolved_config.json")
     if cfg["tracking"]["log_git_diff"]:
@@ -121,12 +176,15 @@ def run_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
             tracker.log_text(parent, diff, "git_diff.patch")
     try:
         method = method_for(cfg, datasets=datasets, tracker=tracker, parent_id=parent)
-        units = method.units()
+        units = experiment_units(cfg, method)
         counts = train_units(units, cfg, tracker=tracker, parent_id=parent, datasets=datasets)
         field, records = assemble(cfg, method)
-        tracker.log_dict(parent, {"units": {r: s.to_dict() for r, s in units.items()}, "method": method.describe()},
-                         "units.json")
+        from harness.guidance import build_guidance
+
+        tracker.log_dict(parent, {"units": {r: s.to_dict() for r, s in units.items()}, "method": method.describe(),
+                                  "guidance": build_guidance(cfg).describe()}, "units.json")
         result = evaluate_field(field, cfg, datasets=datasets, tracker=tracker, run_id=parent)
+        result = dict(result, cost=log_cost(cfg, method, tracker, parent))
     except BaseException:
         tracker.end_run(parent, status="FAILED")
         raise

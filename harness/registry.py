@@ -29,6 +29,9 @@ KINDS = (
     "sampler",     # ODE integrators over a Field
     "metric",
     "extractor",   # feature extractors for Frechet distances
+    "guidance",    # wraps a method's Field into a Guided one (CFG, AG, ICG, Sparse Guidance; harness/guidance.py)
+    "sweep_deriver",  # sweep cells computed from a derived quantity (harness/sweep/derive.py)
+    "sweep_constraint",  # fn(cfg) -> float; Optuna trials above optuna.constraint.max are pruned (harness/sweep/search.py)
 )
 
 

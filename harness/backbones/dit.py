@@ -212,7 +212,7 @@ class DiT(nn.Module):
             for i in range(depth))
         self.final_layer = FinalLayer(D, p, C)
 
-        self.token_selector = build_token_selector(token_selector, token_selector_kwargs)
+        self.token_selector = build_token_selector(token_selector, token_selector_kwargs, dim=D)
         if select_blocks is None:
             start = 2 if depth >= 6 else (1 if depth >= 3 else 0)
             select_blocks = (start, depth - start)
@@ -295,8 +295,18 @@ class DiT(nn.Module):
             if self.token_selector is not None and i == end - 1:
                 h = self.token_selector.restore(h, h_full, state)          # (B, S, D)
                 ctx["token_state"] = None
+        out = self.final_layer(h, c)                                       # (B, S, p*p*C)
+        if self.token_selector is not None:  # masking's MAE loss on the dropped tokens (seed 004 Eq. 4)
+            out, sel_aux = self.token_selector.finish(out, self.tokens_of(x), state)
+            total_aux = total_aux + sel_aux
         self.last_aux_loss = total_aux
-        return self.unpatchify(self.final_layer(h, c))
+        return self.unpatchify(out)
+
+    def tokens_of(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, S, p*p*C) in the output's token layout (inverse of :meth:`unpatchify`)."""
+        (C, H, W), p, (gh, gw) = self.in_shape, self.patch_size, self.grid
+        x = x.reshape(x.shape[0], C, gh, p, gw, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(x.shape[0], gh * gw, p * p * C)
 
 
 @register("backbone", "sit")

@@ -21,7 +21,9 @@ per-call ``gamma=`` (what Sparse Guidance passes for its two branches) overrides
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -30,6 +32,35 @@ from harness.errors import ConfigError, RegistryError
 from harness.registry import get, register
 
 State = Any
+
+# Per-call sparsity set by a caller that only sees a Field (Sparse Guidance, seed 004 Eq. 6):
+# (gamma, generator) for every selector called inside ``with sparsity(...)``.
+_SPARSITY: contextvars.ContextVar[tuple[float | None, torch.Generator | None] | None] = \
+    contextvars.ContextVar("token_sparsity", default=None)
+
+
+@contextlib.contextmanager
+def sparsity(gamma: float | None, generator: torch.Generator | None = None) -> Iterator[None]:
+    """Run selectors at ``gamma`` with masks drawn from ``generator`` inside the block.
+
+    Guidance wraps any method's Field, which calls its networks as ``net(x, t, y)``; this
+    context carries a branch's sparsity through that call to every token selector without
+    changing the Field protocol.  An explicit ``gamma=`` / ``generator`` argument of the
+    backbone's forward still wins.
+    """
+    token = _SPARSITY.set((gamma, generator))
+    try:
+        yield
+    finally:
+        _SPARSITY.reset(token)
+
+
+def _context(gamma: float | None, generator: torch.Generator | None) -> tuple[float | None, torch.Generator | None]:
+    """The explicit arguments, falling back to the enclosing :func:`sparsity` block."""
+    ctx = _SPARSITY.get()
+    if ctx is None:
+        return gamma, generator
+    return (ctx[0] if gamma is None else gamma), (ctx[1] if generator is None else generator)
 
 
 class TokenSelector(nn.Module):
@@ -47,6 +78,19 @@ class TokenSelector(nn.Module):
     def kept_tokens(self, num_tokens: int, gamma: float | None = None) -> int:
         """How many of ``num_tokens`` tokens go through the block range (for FLOP hand counts)."""
         return num_tokens
+
+    def finish(self, out: torch.Tensor, target: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output tokens (B, S, P) and an auxiliary training loss, given the input tokens ``target`` (B, S, P).
+
+        ``state`` is what the last ``select`` returned.  Routing needs nothing here; masking
+        (MaskDiT) uses it for its MAE loss on the masked tokens.
+        """
+        return out, out.new_zeros(())
+
+    @property
+    def trains_sparse(self) -> bool:
+        """Whether training drops tokens (Sparse Guidance needs a model trained this way)."""
+        return False
 
 
 @register("token_selector", "identity")
@@ -79,6 +123,7 @@ class RandomRoute(TokenSelector):
 
     def active_gamma(self, gamma: float | None = None) -> float:
         """The per-call override, else ``gamma`` in training mode and ``inference_gamma`` in eval."""
+        gamma, _ = _context(gamma, None)
         if gamma is not None:
             if not 0.0 <= float(gamma) < 1.0:
                 raise ValueError(f"token sparsity gamma must be in [0, 1), got {gamma}")
@@ -93,6 +138,7 @@ class RandomRoute(TokenSelector):
                gamma: float | None = None) -> tuple[torch.Tensor, State]:
         """(B, S, D) -> (kept (B, S', D), ids_keep (B, S') or None when nothing is routed)."""
         B, S, D = x.shape
+        gamma, generator = _context(gamma, generator)
         keep = self.kept_tokens(S, gamma)
         if keep == S:  # gamma = 0 (or < 1/S): the very same tensor, so the forward is bit-identical
             return x, None
@@ -109,16 +155,78 @@ class RandomRoute(TokenSelector):
         index = ids_keep.unsqueeze(-1).expand(-1, -1, x_full.shape[-1])        # (B, S', D)
         return x_full.scatter(1, index, processed)                             # routed tokens = x_full
 
+    @property
+    def trains_sparse(self) -> bool:
+        return self.gamma > 0
 
-def build_token_selector(name: str | None, kwargs: dict[str, Any] | None = None) -> TokenSelector | None:
-    """Instantiate the registered selector ``name`` (``None`` -> no selector); one-line ConfigErrors."""
+
+@register("token_selector", "random_mask")
+class RandomMask(RandomRoute):
+    """MaskDiT-style masking (seed 004 Eq. 4): a random fraction ``gamma`` of the tokens is
+    dropped before the block range and comes back after it as a learnable mask embedding
+    ``e_mask``, never as its own activation.
+
+    With ``select_blocks = [0, end)`` the blocks before ``end`` act as MaskDiT's encoder (they
+    see only the kept tokens) and the blocks after it as its decoder (all tokens, masked ones
+    as ``e_mask``).  Training adds MaskDiT's auxiliary MAE loss, ``mae_weight`` times the mean
+    squared error of the output on the masked tokens against the network's input tokens
+    (the noisy x_t patches), and the denoising objective sees only the visible tokens: the
+    output of masked tokens is detached so their denoising error carries no gradient
+    (MaskDiT's DSM-on-visible-tokens; the logged loss still averages over all pixels).
+    """
+
+    def __init__(self, gamma: float = 0.5, inference_gamma: float = 0.0, mae_weight: float = 0.1,
+                 dim: int | None = None) -> None:
+        super().__init__(gamma=gamma, inference_gamma=inference_gamma)
+        if float(mae_weight) < 0:
+            raise ConfigError(f"backbone.token_selector_kwargs.mae_weight must be >= 0, got {mae_weight}")
+        if dim is None:
+            raise ConfigError("backbone.token_selector: random_mask needs the token width (dim)",
+                              hint="build it through the DiT backbone, which passes hidden_size")
+        self.mae_weight = float(mae_weight)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, int(dim)))                # e_mask (1, 1, D)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def init_weights(self) -> None:
+        """Re-draw ``e_mask`` after the backbone's generic init (which visits every submodule)."""
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def restore(self, processed: torch.Tensor, x_full: torch.Tensor, state: State) -> torch.Tensor:
+        """Kept tokens return processed; dropped ones become ``e_mask`` (their activation is gone)."""
+        if state is None:
+            return processed
+        base = self.mask_token.to(processed.dtype).expand(x_full.shape[0], x_full.shape[1], -1)
+        return super().restore(processed, base, state)
+
+    def finish(self, out: torch.Tensor, target: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, P) tokens: detach the masked ones and add the MAE loss on them (training only)."""
+        if state is None or not self.training:
+            return out, out.new_zeros(())
+        masked = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)   # (B, S)
+        masked.scatter_(1, state, False)
+        m = masked.unsqueeze(-1)
+        mae = ((out - target) ** 2).mean(-1)[masked].mean() if bool(masked.any()) else out.new_zeros(())
+        return torch.where(m, out.detach(), out), self.mae_weight * mae
+
+
+def build_token_selector(name: str | None, kwargs: dict[str, Any] | None = None, *,
+                         dim: int | None = None) -> TokenSelector | None:
+    """Instantiate the registered selector ``name`` (``None`` -> no selector); one-line ConfigErrors.
+
+    ``dim`` (the token width) goes to selectors that take it (a learnable mask embedding).
+    """
     if name is None:
         return None
     try:
         cls = get("token_selector", name)
     except RegistryError as err:
         raise ConfigError(f"backbone.token_selector: {err.message}") from None
+    import inspect
+
+    kwargs = dict(kwargs or {})
+    if dim is not None and "dim" in inspect.signature(cls).parameters:
+        kwargs.setdefault("dim", int(dim))
     try:
-        return cls(**dict(kwargs or {}))
+        return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"backbone.token_selector_kwargs: {err}") from None
