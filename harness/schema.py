@@ -172,10 +172,18 @@ class TrackingConfig:
 @dataclasses.dataclass
 class LauncherConfig:
     name: str = "local"
+    max_parallel: int = 1             # sweep tasks at once (local subprocesses / SLURM array throttle)
+    profile: Optional[str] = None     # SLURM profile: slurm/<profile>.yaml (launcher=slurm only)
 
     def check(self, p: str) -> None:
-        if self.name not in ("local", "debug"):
-            raise ConfigError(f"{p}.name: unknown launcher {self.name!r}.{suggest(self.name, ['local', 'debug'])} Available: local, debug")
+        names = ["local", "debug", "slurm"]
+        if self.name not in names:
+            raise ConfigError(f"{p}.name: unknown launcher {self.name!r}.{suggest(self.name, names)} Available: {', '.join(names)}")
+        positive(p, max_parallel=self.max_parallel)
+        if self.name == "slurm":
+            from harness.launch.slurm import load_profile
+
+            load_profile(self.profile or "local_test")
 
 
 @dataclasses.dataclass

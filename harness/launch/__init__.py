@@ -1,0 +1,1 @@
+"""Launchers: where sweep tasks run (in-process debug, local subprocesses, SLURM arrays via submitit)."""

@@ -1,0 +1,135 @@
+"""SLURM launcher: one job array per stage, chained with ``--dependency=afterany`` (prepare -> units ->
+evaluate), resources from a profile in ``slurm/<name>.yaml``; submitted through submitit.
+
+``afterany`` (not ``afterok``): a failed unit job is recorded in its cell's ``failed.json`` and the
+cell's evaluate job still runs and records the failure, so a sweep never hangs on
+DependencyNeverSatisfied.  Tasks are ``Checkpointable``: on timeout/preemption (SIGUSR2, submitit's
+``--signal``) submitit requeues the job, which resumes from the last atomic checkpoint.
+``--dry-run`` prints the sbatch scripts with submitit's own ``_make_sbatch_string`` (FINDINGS), so the
+text is what would be submitted; nothing is submitted.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from harness.errors import ConfigError
+from harness.launch.base import Outcome, Stage, describe_dag, error_line
+from harness.registry import suggest
+
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
+PROFILE_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": (int, float),
+                "account": str, "qos": str, "constraint": str, "setup": list, "max_num_timeout": int,
+                "signal_delay_s": int, "additional": dict}
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A SLURM profile by name (``slurm/NAME.yaml``) or path; unknown names and keys are ConfigErrors."""
+    import yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = profiles()
+        raise ConfigError(f"launcher.profile: SLURM profile {name!r} does not exist ({path}).{suggest(name, known)} "
+                          f"Available: {', '.join(known) or 'none'}", hint="add slurm/NAME.yaml or pick another")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for key, value in raw.items():
+        if key not in PROFILE_KEYS:
+            raise ConfigError(f"{path}: {key}: unknown profile key.{suggest(key, PROFILE_KEYS)} Known: {', '.join(PROFILE_KEYS)}")
+        if value is not None and not isinstance(value, PROFILE_KEYS[key]):
+            raise ConfigError(f"{path}: {key}: expected {PROFILE_KEYS[key]}, got {value!r}")
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def sbatch_parameters(profile: dict[str, Any], *, job_name: str, dependency: Optional[str],
+                      array_parallelism: int) -> dict[str, Any]:
+    """Profile -> keyword arguments of submitit's SlurmExecutor / ``_make_sbatch_string``."""
+    p: dict[str, Any] = {"job_name": job_name, "time": int(profile.get("time_min", 60)),
+                         "array_parallelism": int(array_parallelism), "stderr_to_stdout": True,
+                         "signal_delay_s": int(profile.get("signal_delay_s", 90))}
+    for ours, theirs in (("partition", "partition"), ("gpus_per_node", "gpus_per_node"), ("cpus_per_task", "cpus_per_task"),
+                         ("account", "account"), ("qos", "qos"), ("constraint", "constraint"), ("setup", "setup")):
+        if ours in profile:
+            p[theirs] = profile[ours]
+    if "mem_gb" in profile:
+        p["mem"] = f"{int(profile['mem_gb'] * 1024)}MB"
+    if profile.get("additional"):
+        p["additional_parameters"] = dict(profile["additional"])
+    if dependency:
+        p["dependency"] = dependency
+    return p
+
+
+class SlurmLauncher:
+    """Submit each stage as a job array depending on the previous one; block unless ``detach``."""
+
+    name = "slurm"
+
+    def __init__(self, profile: str = "local_test", max_parallel: int = 16, poll_s: float = 2.0) -> None:
+        self.profile_name = profile
+        self.profile = load_profile(profile)   # a missing profile fails before anything is submitted
+        self.max_parallel = max(1, int(max_parallel))
+        self.poll_s = poll_s
+
+    def dry_run(self, stages: list[Stage], folder: Path) -> str:
+        """The DAG and, per stage, the sbatch script submitit would submit (dependencies as placeholders)."""
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        import shlex
+        import sys
+
+        out = [f"profile {self.profile_name} ({PROFILE_DIR / (self.profile_name + '.yaml')})", describe_dag(stages)]
+        prev = None
+        sub = folder / "submitit" / "%j"
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(sub))])
+        for st in stages:
+            params = sbatch_parameters(self.profile, job_name=f"{folder.name}-{st.name}",
+                                       dependency=f"afterany:<{prev} array job id>" if prev else None,
+                                       array_parallelism=self.max_parallel)
+            text = _make_sbatch_string(command=command, folder=sub, map_count=len(st.tasks), **params)
+            out.append(f"# ---- sbatch script: stage {st.name} ({len(st.tasks)} array tasks) ----\n{text}")
+            prev = st.name
+        return "\n".join(out)
+
+    def run(self, stages: list[Stage], folder: Path, detach: bool = False) -> Outcome:
+        import submitit
+
+        from harness.sweep.tasks import SweepTask
+
+        out = Outcome(detached=detach)
+        prev_id: Optional[str] = None
+        submitted: list[tuple[Any, Any]] = []
+        for st in stages:
+            ex = submitit.SlurmExecutor(folder=str(folder / "submitit" / "%j"),
+                                        max_num_timeout=int(self.profile.get("max_num_timeout", 3)))
+            ex.update_parameters(**sbatch_parameters(self.profile, job_name=f"{folder.name}-{st.name}",
+                                                     dependency=f"afterany:{prev_id}" if prev_id else None,
+                                                     array_parallelism=self.max_parallel))
+            with ex.batch():
+                jobs = [ex.submit(SweepTask(), *t.args()) for t in st.tasks]
+            out.jobs[st.name] = [j.job_id for j in jobs]
+            prev_id = jobs[0].job_id.split("_")[0]
+            submitted.extend(zip(st.tasks, jobs))
+        if detach:
+            return out
+        pending = list(submitted)
+        while pending:
+            time.sleep(self.poll_s)
+            still = []
+            for task, job in pending:
+                if not job.done(force_check=True):
+                    still.append((task, job))
+                    continue
+                if job.state.startswith("CANCELLED"):
+                    out.errors.append((task, "cancelled"))
+                    continue
+                err = job.exception()
+                (out.errors.append((task, error_line(err).splitlines()[0])) if err is not None
+                 else out.results.append((task, job.result())))
+            pending = still
+        return out

@@ -1,0 +1,166 @@
+"""SLURM launcher: sbatch text of --dry-run, and a real single-node SLURM cluster (slurm/start.sh).
+
+The integration test installs (Debian packages) and starts slurmctld/slurmd/slurmdbd/munge/MariaDB
+with fake GPUs on this machine, submits sweeps through the real ``sbatch``, cancels a job, preempts
+a running one (SIGUSR2, as SLURM does before a time limit or preemption) so submitit requeues it,
+and checks the results in MLflow.  It skips only where installing is impossible (no root/sudo/apt).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.sweep import state
+from harness.sweep.runner import load_sweep, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["experiment=gmm_mini", "train.steps=10", "train.batch_size=32", "backbone.width=32", "backbone.depth=1",
+        "eval.n_samples=100", "eval.reference_n=100", "sampler.steps=5", "run.progress=false"]
+
+
+def sweep_file(path: Path, extra=(), grid="grid: {train.seed: [0, 1]}\n") -> Path:
+    path.write_text("base:\n" + "".join(f"  - {o}\n" for o in [*TINY, *extra]) + grid)
+    return path
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path / "w"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "w"
+
+
+def test_dry_run_prints_the_sbatch_scripts_and_the_dag_and_submits_nothing(workdir, tmp_path):
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text("partition: gpu\ntime_min: 90\ngpus_per_node: 1\ncpus_per_task: 4\nmem_gb: 8\n"
+                       "account: proj42\nqos: high\nconstraint: a100\n")
+    path = sweep_file(tmp_path / "d.yaml", ["method=naive_split", "method.n=2", f"launcher.profile={profile}",
+                                            "launcher=slurm", "launcher.max_parallel=3"])
+    lines: list[str] = []
+    out = run_sweep(path, dry_run=True, echo=lambda *a: lines.append(" ".join(map(str, a))))
+    text = "\n".join(lines)
+    assert [s.name for s in out["stages"]] == ["units", "evaluate"]
+    units, evaluate = text.split("# ---- sbatch script: stage units")[1].split("# ---- sbatch script: stage evaluate")
+    for directive in ("--array=0-3%3", "--partition=gpu", "--time=90", "--gpus-per-node=1", "--cpus-per-task=4",
+                      "--mem=8192MB", "--account=proj42", "--qos=high", "--constraint=a100", "--signal=USR2@90",
+                      "--job-name=d-units"):
+        assert f"#SBATCH {directive}" in units, directive
+    assert "#SBATCH --array=0-1%2" in evaluate and "#SBATCH --dependency='afterany:<units array job id>'" in evaluate
+    assert "--dependency" not in units
+    assert "stage units: 4 task(s)" in text and "stage evaluate: 2 task(s) (after units)" in text
+    assert not (workdir / "sweeps").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node SLURM (2 fake GPUs), started for this module and stopped by PID files."""
+    d = Path(f"/tmp/harness-slurm-test-{os.getpid()}")
+    env = dict(os.environ, HARNESS_SLURM_DIR=str(d), HARNESS_SLURM_DB_PORT=str(_free_port()),
+               HARNESS_SLURM_DBD_PORT=str(_free_port()), HARNESS_SLURM_CTL_PORT=str(_free_port()),
+               HARNESS_SLURM_D_PORT=str(_free_port()))
+    install = subprocess.run(["bash", str(REPO / "slurm" / "install.sh")], capture_output=True, text=True, env=env)
+    if install.returncode == 3:
+        pytest.skip(f"cannot install SLURM here: {install.stderr.strip()}")
+    assert install.returncode == 0, install.stderr
+    t0 = time.time()
+    start = subprocess.run(["bash", str(REPO / "slurm" / "start.sh")], capture_output=True, text=True, env=env, timeout=300)
+    assert start.returncode == 0, start.stdout + start.stderr
+    conf = start.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    yield {"conf": conf, "dir": d, "start_s": time.time() - t0}
+    subprocess.run(["bash", str(REPO / "slurm" / "stop.sh")], env=env, timeout=60)
+
+
+def _sacct_state(job_id: str, conf: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True,
+                         env=dict(os.environ, SLURM_CONF=conf))
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+
+def _wait(pred, timeout: float, what: str, step: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_real_slurm_sweep_cancel_and_preemption_requeue(slurm_cluster, workdir, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from harness.sweep.status import print_status
+
+    assert slurm_cluster["start_s"] < 60
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["conf"])
+    conf = slurm_cluster["conf"]
+    client = lambda: MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")  # noqa: E731
+
+    # 1. submit-and-exit: a 2-cell sweep as two arrays (units -> evaluate) through the real sbatch
+    path = sweep_file(tmp_path / "s.yaml")
+    t0 = time.time()
+    out = run_sweep(path, launcher="slurm", detach=True, echo=lambda *a: None)
+    assert time.time() - t0 < 60 and out["outcome"].detached
+    sweep = load_sweep(path)
+    jobs = json.loads((sweep.dir / "jobs.json").read_text())
+    assert jobs["launcher"] == "slurm" and len(jobs["units"]) == 2 and len(jobs["evaluate"]) == 2
+    results = [state.cell_dir(sweep.dir, c.id) / "result.json" for c in sweep.cells]
+    _wait(lambda: all(p.exists() for p in results), 420, "both cells to finish on SLURM")
+    lines: list[str] = []
+    status = print_status(str(path), echo=lambda *a: lines.append(" ".join(map(str, a))))
+    assert [r["state"] for r in status["rows"]] == ["finished", "finished"]
+    assert set(status["mlflow"].values()) == {"FINISHED"}
+    _wait(lambda: all(s == "COMPLETED" for st in print_status(str(path), echo=lambda *a: None)["slurm"].values()
+                      for s in st.values()), 60, "sacct to report COMPLETED")
+    for r in status["rows"]:
+        run = client().get_run(r["run_id"])
+        assert run.data.tags["harness.cell_id"] == r["id"] and run.data.metrics
+
+    # 2. cancel: the evaluate array of a new cell is cancelled while it waits on its units
+    path2 = sweep_file(tmp_path / "c.yaml", grid="grid: {train.seed: [5]}\n")
+    run_sweep(path2, launcher="slurm", detach=True, echo=lambda *a: None)
+    sweep2 = load_sweep(path2)
+    jobs2 = json.loads((sweep2.dir / "jobs.json").read_text())
+    evaluate_job = jobs2["evaluate"][0]
+    subprocess.run(["scancel", evaluate_job.split("_")[0]], check=True, env=dict(os.environ, SLURM_CONF=conf))
+    _wait(lambda: _sacct_state(evaluate_job.split("_")[0], conf).startswith("CANCELLED"), 60, "the cancel")
+    _wait(lambda: _sacct_state(jobs2["units"][0].split("_")[0], conf) == "COMPLETED", 300, "the units job")
+    assert state.cell_state(sweep2.dir, sweep2.cells[0].id) == "pending"   # cancelled: not finished, not lost
+    again = run_sweep(path2, launcher="slurm", echo=lambda *a: None)      # re-run: only the evaluate task
+    assert [s.name for s in again["stages"]] == ["evaluate"]
+    assert [r["state"] for r in again["summary"]["rows"]] == ["finished"]
+
+    # 3. preemption: SIGUSR2 to a running unit job; submitit checkpoints, requeues, and it resumes
+    path3 = sweep_file(tmp_path / "p.yaml", ["train.steps=400", "train.checkpoint_every=20"],
+                       grid="grid: {train.seed: [9]}\n")
+    run_sweep(path3, launcher="slurm", detach=True, echo=lambda *a: None)
+    sweep3 = load_sweep(path3)
+    unit_job = json.loads((sweep3.dir / "jobs.json").read_text())["units"][0]
+    from harness.experiment import method_for
+
+    unit_dir = method_for(sweep3.cells[0].cfg, prepare=False).units()["model"].directory(workdir)
+    _wait(lambda: (unit_dir / "mlflow_run.json").exists() and any(unit_dir.glob("**/ckpt_*.json")), 300, "a first checkpoint")
+    run_before = json.loads((unit_dir / "mlflow_run.json").read_text())["run_id"]
+    assert not (unit_dir / "done.json").exists(), "unit finished before it could be preempted: raise train.steps"
+    subprocess.run(["scancel", "--signal=USR2", unit_job], check=True, env=dict(os.environ, SLURM_CONF=conf))
+    result3 = state.cell_dir(sweep3.dir, sweep3.cells[0].id) / "result.json"
+    _wait(result3.exists, 480, "the preempted sweep to finish after requeue")
+    log = "\n".join(p.read_text(errors="replace") for p in (sweep3.dir / "submitit").glob(f"{unit_job}*/*log.out"))
+    assert "requeue" in log.lower(), log[-2000:]
+    assert json.loads((unit_dir / "mlflow_run.json").read_text())["run_id"] == run_before   # same MLflow run
+    unit_run = client().get_run(run_before)
+    assert unit_run.info.status == "FINISHED"
