@@ -65,11 +65,11 @@ def _init_distributed() -> None:
 
 def cmd_train(args) -> int:
     from harness.config import load
-    from harness.experiment import method_for, train_units
+    from harness.experiment import experiment_units, method_for, train_units
 
     cfg = load(args.overrides)
     _init_distributed()
-    units = method_for(cfg).units()
+    units = experiment_units(cfg, method_for(cfg))  # + guidance units (AutoGuidance's weak model)
     counts = train_units(units, cfg, tracker=None if args.no_track else _tracker(cfg))
     _console().print(f"trained {len(counts['trained'])} unit(s), reused {len(counts['reused'])}: "
                      + ", ".join(f"{r}={s.hash}" for r, s in units.items()))
@@ -174,7 +174,9 @@ def cmd_describe(args) -> int:
         table.add_column(col)
     for role, r in info["units"].items():
         table.add_row(role, r["hash"], f"[{r['interval'][0]:.3f}, {r['interval'][1]:.3f})", str(r["steps"]),
-                      f"{r['params'] / 1e6:.2f}", f"{r['gflops_fmac']:.2f}", f"{r['gmacs']:.2f}")
+                      f"{r['params'] / 1e6:.2f}" + (f" ({r['params_activated'] / 1e6:.2f} activated)"
+                                                    if r.get("params_activated", r["params"]) != r["params"] else ""),
+                      f"{r['gflops_fmac']:.2f}", f"{r['gmacs']:.2f}")
     _console().print(table)
     if info["note"]:
         _console().print(f"note: {info['note']}")
@@ -207,6 +209,12 @@ def cmd_standin(args) -> int:
     path = write_cifar10_standin(Path(args.out), n_train=args.n_train, n_test=args.n_test)
     _console().print(f"CIFAR-10-format stand-in (Fashion-MNIST, not CIFAR-10) at {path}")
     return 0
+
+
+# Modules that contribute sub-commands (sweep, table, ui, ...): each defines
+# ``add_commands(sub, add)`` where ``add(name, fn, help_, overrides=True)`` is the helper below.
+# Kept out of this file so each feature's command lives beside the feature.
+COMMAND_MODULES = ("harness.sweep.commands", "harness.tables.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-train", type=int, default=5000)
     sp.add_argument("--n-test", type=int, default=1000)
     sp.set_defaults(fn=cmd_standin)
+    import importlib
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and module_name.startswith(err.name):
+                continue  # feature not built into this checkout
+            raise
+        module.add_commands(sub, add)
     return p
 
 

@@ -89,9 +89,13 @@ def gmacs_per_forward(model_or_factory: ModelOrFactory, in_shape: tuple[int, ...
 
 
 def describe(model: ModelOrFactory, in_shape: tuple[int, ...], with_labels: bool = True) -> dict[str, float]:
-    """``{params, gflops_fmac, gmacs}`` of one single-item forward, for run records and tables."""
+    """``{params, params_activated, gflops_fmac, gmacs}`` of one single-item forward, for run records and tables."""
     if not isinstance(model, nn.Module):
         with torch.device("meta"):
             model = model()
+    from harness.backbones.moe import activated_parameters
+
     flops = flop_count(model, in_shape, 1, with_labels)
-    return {"params": count_parameters(model), "gflops_fmac": flops / 1e9, "gmacs": flops / 2e9}
+    # params_activated: per token on average (MoE layers count C experts; = params for dense nets)
+    return {"params": count_parameters(model), "params_activated": activated_parameters(model),
+            "gflops_fmac": flops / 1e9, "gmacs": flops / 2e9}

@@ -145,9 +145,16 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
 
 
 def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run_id: Optional[str] = None) -> dict[str, Any]:
-    """Sample the field, score it, and (with a tracker) log metrics, protocol and a sample grid."""
+    """Sample the field, score it, and (with a tracker) log metrics, protocol and a sample grid.
+
+    MoE backbones also report ``moe_c_infer_avg`` (seed 002 Eq. 15) over this sampling run.
+    """
+    from harness.backbones.moe import reset_routing_stats, routing_metrics
+
+    reset_routing_stats(field)
     samples, labels, nfe = generate_samples(field, cfg, datasets)
     result = score(samples, cfg, datasets, nfe=nfe)
+    result["metrics"].update(routing_metrics(field))
     if tracker is not None and run_id is not None:
         tracker.log_metrics(run_id, result["metrics"])
         tracker.log_params(run_id, {f"protocol.{k}": v for k, v in result["protocol"].items()})
