@@ -45,15 +45,33 @@ def damping(tau: torch.Tensor, start: float = 0.85) -> torch.Tensor:
     return torch.where(tau > start, s, torch.ones_like(tau))
 
 
+def damping_eq31(tau: torch.Tensor) -> torch.Tensor:
+    """s(t) = 0.88 for t > 0.85, 0.93 for 0.6 < t <= 0.85, 0.96 for t <= 0.6 (seed 003, Sec. 8.3.4, Eq. 31).
+
+    The seed states this damping twice: Sec. 6.2 as the sigmoid :func:`damping` "for t > 0.85",
+    which as printed never drops below 1 on [0, 1], and Sec. 8.3.4 as these explicit constants,
+    whose top branch is the same "t > 0.85".  We read Eq. 31 as what was run (it is the only
+    form that damps at all) and keep the literal sigmoid selectable (``damping: literal``).
+    """
+    return torch.where(tau > 0.85, 0.88, torch.where(tau > 0.6, 0.93, 0.96)).to(tau.dtype)
+
+
+DAMPINGS = {"literal": damping, "eq31": damping_eq31, "none": torch.ones_like}
+
+
 def seed003_velocity(eps: torch.Tensor, x: torch.Tensor, tau: torch.Tensor, schedule: Schedule, *,
-                     alpha_min: float = 0.01, clamp: Optional[float] = 20.0, damp: bool = True) -> torch.Tensor:
-    """Harness velocity dx/dt (t = 1 - tau) of an epsilon-prediction, the seed's way (Eq. 24 + Sec. 8)."""
+                     alpha_min: float = 0.01, clamp: Optional[float] = 20.0, damp: bool = True,
+                     damping_mode: str = "literal") -> torch.Tensor:
+    """Harness velocity dx/dt (t = 1 - tau) of an epsilon-prediction, the seed's way (Eq. 24 + Sec. 8).
+
+    ``damping_mode`` picks s(t): ``literal`` (Sec. 6.2 as printed), ``eq31`` (Sec. 8.3.4) or ``none``.
+    """
     alpha, sigma = schedule.alpha_sigma(tau)
     d_alpha, d_sigma = schedule.derivatives(tau)
     x0 = x0_from_eps(x, eps, alpha, sigma, alpha_min=alpha_min, clamp=clamp)
     v_tau = _bcast(d_alpha, x) * x0 + _bcast(d_sigma, x) * eps  # data -> noise velocity
     if damp:
-        v_tau = v_tau * _bcast(damping(tau), x)
+        v_tau = v_tau * _bcast(DAMPINGS[damping_mode](tau), x)
     return -v_tau  # dt = -d tau
 
 

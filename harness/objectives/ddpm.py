@@ -7,7 +7,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.objectives.base import NetFn, Objective, _bcast
-from harness.objectives.conversions import seed003_velocity, snr_aligned_velocity
+from harness.objectives.conversions import DAMPINGS, seed003_velocity, snr_aligned_velocity
 from harness.objectives.schedules import make_schedule
 from harness.registry import register
 
@@ -21,14 +21,20 @@ class DDPMEpsilon(Objective):
     with clamp, alpha_safe and damping, on the DDPM's own path).
     """
 
+    # keys that only change how a trained eps-network answers as a velocity, not its weights
+    SAMPLING_ONLY_KEYS = ("conversion", "clamp", "alpha_min", "damping")
+
     def __init__(self, schedule: str = "cosine", conversion: str = "snr_aligned", clamp: Optional[float] = 20.0,
-                 alpha_min: float = 0.01, time_sampler: str = "uniform",
+                 alpha_min: float = 0.01, damping: str = "literal", time_sampler: str = "uniform",
                  time_sampler_kwargs: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(time_sampler, time_sampler_kwargs)
         if conversion not in ("snr_aligned", "seed003"):
             raise ConfigError(f"objective.conversion: {conversion!r} is not one of snr_aligned, seed003")
+        if damping not in DAMPINGS:
+            raise ConfigError(f"objective.damping: {damping!r} is not one of {', '.join(DAMPINGS)}",
+                              hint="literal = seed 003 Sec. 6.2 as printed (identity on [0, 1]); eq31 = Sec. 8.3.4")
         self.schedule = make_schedule(schedule)
-        self.conversion, self.clamp, self.alpha_min = conversion, clamp, alpha_min
+        self.conversion, self.clamp, self.alpha_min, self.damping = conversion, clamp, alpha_min, damping
 
     def loss(self, net: NetFn, x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         tau = 1 - t
@@ -39,5 +45,6 @@ class DDPMEpsilon(Objective):
     def velocity(self, net: NetFn, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         if self.conversion == "seed003":
             tau = 1 - t
-            return seed003_velocity(net(x, tau, y), x, tau, self.schedule, alpha_min=self.alpha_min, clamp=self.clamp)
+            return seed003_velocity(net(x, tau, y), x, tau, self.schedule, alpha_min=self.alpha_min, clamp=self.clamp,
+                                    damping_mode=self.damping)
         return snr_aligned_velocity(lambda xt, tau: net(xt, tau, y), x, t, self.schedule, clamp=self.clamp)

@@ -6,7 +6,8 @@ import pytest
 from harness.registry import registry
 from tests.methods.conformance import check_method
 
-EXTRA = {"naive_split": ["method.n=3"], "cbs": ["method.n=3", "split.field=exact", "split.trajectories=32"]}
+EXTRA = {"naive_split": ["method.n=3"], "cbs": ["method.n=3", "split.field=exact", "split.trajectories=32"],
+         "ddm": ["method.k=2"], "hetero_ddm": ["method.k=2"]}  # k = the 2 classes fake_parts gives every router
 
 
 @pytest.mark.parametrize("name", registry("method").keys())

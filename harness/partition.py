@@ -1,0 +1,218 @@
+"""Data partitioning for decentralized experts: features -> k-means -> cluster ids, cached by hash.
+
+Seed 003 (Sec. 2.1, Sec. 6.1) clusters DINOv2-ViT-L/14 [CLS] features with (hierarchical)
+k-means under cosine distance, and trains one expert per cluster.  DINOv2 weights cannot
+be downloaded here, so the feature source is a registered ``extractor`` (a user-supplied
+DINOv2 TorchScript file via ``dinov2``, Inception-V3, the fixed-seed small CNN) or
+``pixels`` (the raw data, flattened): each named for what it is, and its weights' SHA-256
+goes into the cache key, so changing the extractor changes the clustering hash and with
+it every expert unit's hash.
+
+The clustering is plain Lloyd k-means with k-means++ seeding from a seeded generator
+(deterministic on CPU), in torch; ``metric='cosine'`` L2-normalises the features first
+(spherical k-means, the seed's cosine distance).  The seed's two-stage hierarchical
+variant (1024 fine groups -> K coarse) is not implemented: at the mini scale K is 2..8.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from harness.errors import ConfigError, DataError
+from harness.units import content_hash
+
+PIXELS = "pixels"
+PRECOMPUTED = "precomputed"
+METRICS = ("euclidean", "cosine")
+PARTITION_VERSION = 1  # bump when the clustering arithmetic changes
+
+
+@dataclasses.dataclass
+class Clustering:
+    """K cluster ids of every training item, the centroids, and how they were obtained."""
+
+    hash: str                     # content hash of (data, features + weights SHA-256, k, metric, iters, seed)
+    ids: np.ndarray               # (N,) int64 in [0, k)
+    centroids: np.ndarray         # (k, F) float32, in the (normalised, for cosine) feature space
+    provenance: dict[str, Any]    # extractor, weights SHA-256, k, metric, counts, ...
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def counts(self) -> list[int]:
+        return np.bincount(self.ids, minlength=self.k).tolist()
+
+
+class PrecomputedFeatures:
+    """Features computed elsewhere (e.g. DINOv2 on the images behind latent data), one row per item, from ``.npy``.
+
+    The full-scale setups train on VAE latents, whose images are not here to extract from;
+    seed 003 computes DINOv2 features once offline (Sec. 6.1), which this loads.
+    """
+
+    name = PRECOMPUTED
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        if not path or not Path(path).expanduser().exists():
+            raise ConfigError(f"method.features_kwargs.path: precomputed features file {path!r} not found",
+                              hint="pass method.features_kwargs.path=/path/to/features.npy (N x F, rows aligned with the data)")
+        from harness.evaluate.feature_extractors import file_sha256
+
+        self.path = Path(path).expanduser()
+        self.weights_sha256, self.weights_source = file_sha256(self.path), f"precomputed:{self.path}"
+
+    def rows(self, n: int) -> torch.Tensor:
+        x = torch.from_numpy(np.load(self.path)).float()
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[0] != n:
+            raise DataError(f"{self.path} holds {x.shape[0]} feature rows but the data has {n} items",
+                            hint="rows must be aligned one-to-one with the data")
+        return x
+
+
+def build_feature_extractor(name: str, kwargs: Optional[Mapping[str, Any]] = None):
+    """The registered extractor ``name`` (``pixels`` is the identity and needs none)."""
+    if name == PIXELS:
+        return None
+    if name == PRECOMPUTED:
+        return PrecomputedFeatures(**dict(kwargs or {}))
+    from harness.registry import get
+
+    return get("extractor", name)(**dict(kwargs or {}))
+
+
+def extractor_identity(name: str, extractor) -> dict[str, str]:
+    """Name, weights source and SHA-256 of a feature source: the part of the cache key that names it."""
+    if extractor is None:
+        return {"name": PIXELS, "weights_sha256": "none", "weights_source": "identity (raw data, flattened)"}
+    return {"name": name, "weights_sha256": str(extractor.weights_sha256), "weights_source": str(extractor.weights_source)}
+
+
+def features_of(dataset, extractor, batch: int = 4096) -> torch.Tensor:
+    """(N, F) float32 features of every item: raw rows for ``pixels``, else the extractor's on uint8 images."""
+    if extractor is None:
+        return dataset.x.reshape(len(dataset), -1).float()
+    if isinstance(extractor, PrecomputedFeatures):
+        return extractor.rows(len(dataset))
+    if dataset.kind != "image":
+        raise ConfigError(f"method.features: extractor {extractor.name!r} needs images but the data holds {dataset.kind} rows",
+                          hint="use method.features=pixels for vector or latent data")
+    from harness.data.transforms import float_to_uint8
+
+    out = [torch.from_numpy(np.asarray(extractor.features(float_to_uint8(dataset.x[i:i + batch])))).float()
+           for i in range(0, len(dataset), batch)]
+    return torch.cat(out)
+
+
+def _normalise(x: torch.Tensor, metric: str) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x
+
+
+def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (N, K) without forming (N, K, F)."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)[None]).clamp_min(0)
+
+
+def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100, metric: str = "euclidean",
+           key: str = "method.k") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means with k-means++ seeding: (ids (N,), centroids (k, F)).
+
+    Raises a one-line ConfigError for more clusters than items, or a cluster that ends empty
+    (duplicate items, or k too large for the data's distinct points).
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"method.metric: {metric!r} is not one of {', '.join(METRICS)}")
+    n = x.shape[0]
+    if k < 1 or k > n:
+        raise ConfigError(f"{key}={k}: k-means needs 1 <= k <= {n}, the number of items in the data",
+                          hint=f"lower {key} or use more data")
+    x = _normalise(x.double(), metric)
+    g = torch.Generator().manual_seed(int(seed))
+    centroids = x[torch.randint(n, (1,), generator=g)]
+    for _ in range(1, k):                                             # k-means++ (Arthur & Vassilvitskii 2007)
+        d = _sq_dists(x, centroids).min(1).values
+        if float(d.sum()) <= 0:
+            raise ConfigError(f"{key}={k}: the data has fewer than {k} distinct feature vectors, so a cluster would be empty",
+                              hint=f"lower {key}")
+        centroids = torch.cat([centroids, x[torch.multinomial(d / d.sum(), 1, generator=g)]])
+    ids = torch.full((n,), -1, dtype=torch.long)
+    for _ in range(max(1, int(iters))):
+        new_ids = _sq_dists(x, centroids).argmin(1)
+        counts = torch.bincount(new_ids, minlength=k)
+        if bool((counts == 0).any()):
+            empty = int((counts == 0).nonzero()[0])
+            raise ConfigError(f"{key}={k}: cluster {empty} is empty after k-means", hint=f"lower {key} or change method.kmeans_seed")
+        centroids = _normalise(torch.zeros_like(centroids).index_add_(0, new_ids, x) / counts[:, None].to(x.dtype), metric)
+        if torch.equal(new_ids, ids):
+            break
+        ids = new_ids
+    return ids, centroids.float()
+
+
+def assign(features: torch.Tensor, centroids: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """Nearest-centroid ids (N,) of new items (held-out data for the router's accuracy curve)."""
+    return _sq_dists(_normalise(features.double(), metric), centroids.double()).argmin(1)
+
+
+def clustering_key(data_node: Mapping[str, Any], feature_id: Mapping[str, str], feature_kwargs: Mapping[str, Any],
+                   *, k: int, metric: str, iters: int, seed: int) -> str:
+    """The clustering's content hash: what the expert units' data nodes carry."""
+    return content_hash({"version": PARTITION_VERSION, "data": dict(data_node), "features": dict(feature_id),
+                         "features_kwargs": dict(feature_kwargs), "k": int(k), "metric": metric,
+                         "iters": int(iters), "seed": int(seed)})
+
+
+def store_dir(store: str | Path, key: str) -> Path:
+    return Path(store).expanduser() / key
+
+
+def save_clustering(store: str | Path, c: Clustering) -> Path:
+    """Write ids + centroids (npz) and the provenance (json) atomically under ``store/<hash>/``."""
+    d = store_dir(store, c.hash)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "assignments.tmp.npz"
+    np.savez(tmp, ids=c.ids.astype(np.int64), centroids=c.centroids.astype(np.float32))
+    tmp.replace(d / "assignments.npz")
+    (d / "clustering.json").write_text(json.dumps(dict(c.provenance, hash=c.hash, counts=c.counts), indent=1))
+    return d
+
+
+def load_clustering(store: str | Path, key: str) -> Optional[Clustering]:
+    """The cached clustering ``key`` or None; a damaged cache entry is a DataError naming the file."""
+    d = store_dir(store, key)
+    if not (d / "assignments.npz").exists() or not (d / "clustering.json").exists():
+        return None
+    try:
+        with np.load(d / "assignments.npz") as z:
+            ids, centroids = z["ids"].astype(np.int64), z["centroids"]
+        prov = json.loads((d / "clustering.json").read_text())
+    except Exception as err:  # noqa: BLE001 - any unreadable cache file is the same user-facing problem
+        raise DataError(f"clustering cache {d} is unreadable ({type(err).__name__})", hint=f"delete {d} and re-run") from None
+    return Clustering(key, ids, centroids, {k: v for k, v in prov.items() if k not in ("hash", "counts")})
+
+
+def cluster_dataset(dataset, data_node: Mapping[str, Any], *, k: int, features: str = PIXELS,
+                    features_kwargs: Optional[Mapping[str, Any]] = None, metric: str = "euclidean",
+                    iters: int = 100, seed: int = 0, store: str | Path) -> Clustering:
+    """Cluster ``dataset`` (built from ``data_node``) into ``k`` groups, reusing a cached result by hash."""
+    if k > len(dataset):
+        raise ConfigError(f"method.k={k} exceeds the {len(dataset)} items of the data", hint="lower method.k")
+    extractor = build_feature_extractor(features, features_kwargs)
+    fid = extractor_identity(features, extractor)
+    key = clustering_key(data_node, fid, features_kwargs or {}, k=k, metric=metric, iters=iters, seed=seed)
+    cached = load_clustering(store, key)
+    if cached is not None:
+        return cached
+    ids, centroids = kmeans(features_of(dataset, extractor), k, seed=seed, iters=iters, metric=metric)
+    prov = {"version": PARTITION_VERSION, "data": dict(data_node), "features": fid, "features_kwargs": dict(features_kwargs or {}),
+            "k": int(k), "metric": metric, "iters": int(iters), "seed": int(seed), "n": len(dataset)}
+    c = Clustering(key, ids.numpy(), centroids.numpy(), prov)
+    save_clustering(store, c)
+    return c

@@ -1,0 +1,348 @@
+"""DDM and heterogeneous DDM (seed 003): conversion, mixture, partition, router, units and bad input."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import load
+from harness.data.gaussian_mixture import GaussianMixture
+from harness.errors import ConfigError
+from harness.experiment import method_for
+from harness.field import Exact
+from harness.mixture import FunctionRouter, Mixture, NetRouter, ThresholdRouter, mixing_weights
+from harness.objectives.conversions import damping, damping_eq31
+from harness.objectives.schedules import Cosine
+from harness.partition import assign, kmeans
+from tests.gaussian import linear_velocity, vp_posteriors
+
+MU, S = 0.7, 0.4
+GMM = ["data=gaussian_mixture", "data.n=400", "data.means=[[-3.0,0.0],[3.0,0.0]]", "data.stds=[0.4,0.4]",
+       "backbone=mlp_tiny", "eval=fd_raw", "train.batch_size=128", "train.lr=1e-3", "train.label_dropout=0.0",
+       "run.progress=false", "method.router_backbone={name: router, width: 64, depth: 2, time_dim: 32}"]
+
+
+def cfg_for(tmp_path, *extra):
+    """A validated config whose workdir and caches live under tmp_path."""
+    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
+    os.environ["HARNESS_CACHE"] = str(tmp_path / "cache")
+    try:
+        return load([*GMM, *extra])
+    finally:
+        os.environ.pop("HARNESS_WORKDIR")
+        os.environ.pop("HARNESS_CACHE")
+
+
+class ExactEps(torch.nn.Module):
+    """The exact epsilon-predictor of x0 ~ N(MU, S^2 I) on the cosine path, called as net(x_tau, tau, y)."""
+
+    def forward(self, x, tau, y=None):
+        alpha, sigma = Cosine().alpha_sigma(tau)
+        return vp_posteriors(x, alpha, sigma, MU, S)[1]
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+# ---------------------------------------------------------------- heterogeneous experts: eps -> velocity
+def hetero_expert(tmp_path, *ddpm_overrides):
+    m = method_for(cfg_for(tmp_path, "method=hetero_ddm", "method.k=2", "method.ddpm_experts=[0]", *ddpm_overrides))
+    return m.expert_field(0, (ExactEps(), None))
+
+
+def test_converted_eps_expert_is_the_exact_velocity_on_gaussian_data(tmp_path, float64):
+    """snr_aligned conversion of the exact cosine-schedule eps-model = the exact linear-path velocity."""
+    field = hetero_expert(tmp_path, "method.ddpm_objective.conversion=snr_aligned", "method.ddpm_objective.clamp=null")
+    g = torch.Generator().manual_seed(0)
+    x, t = 1.5 * torch.randn(256, 3, generator=g), 0.02 + 0.96 * torch.rand(256, generator=g)
+    assert torch.allclose(field(x, t), linear_velocity(x, t, MU, S), atol=1e-9, rtol=1e-9)
+
+
+def test_seed003_conversion_is_the_cosine_path_velocity_times_the_chosen_damping(tmp_path, float64):
+    """Eq. 24 on the DDPM's own path, x0_hat from Eq. 23 (no clamp, alpha_min 0 here), damped by Eq. 31."""
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(128, 3, generator=g), 0.2 + 0.79 * torch.rand(128, generator=g)
+    tau = 1 - t
+    alpha, sigma = Cosine().alpha_sigma(tau)
+    x0, eps = vp_posteriors(x, alpha, sigma, MU, S)
+    da, ds = Cosine().derivatives(tau)
+    exact = -(da[:, None] * x0 + ds[:, None] * eps)                      # dx/dt, t = 1 - tau
+    common = ("method.ddpm_objective.conversion=seed003", "method.ddpm_objective.clamp=null",
+              "method.ddpm_objective.alpha_min=0.0")
+    undamped = hetero_expert(tmp_path, *common, "method.ddpm_objective.damping=none")(x, t)
+    assert torch.allclose(undamped, exact, atol=1e-9)
+    literal = hetero_expert(tmp_path, *common, "method.ddpm_objective.damping=literal")(x, t)
+    assert torch.equal(literal, undamped)                                # Sec. 6.2 as printed: identity on [0, 1]
+    eq31 = hetero_expert(tmp_path, *common, "method.ddpm_objective.damping=eq31")(x, t)
+    assert torch.allclose(eq31, damping_eq31(tau)[:, None] * exact, atol=1e-9)
+
+
+def test_damping_forms():
+    tau = torch.tensor([0.0, 0.3, 0.6, 0.61, 0.85, 0.86, 1.0])
+    assert damping_eq31(tau).tolist() == pytest.approx([0.96, 0.96, 0.96, 0.93, 0.93, 0.88, 0.88])
+    assert bool((damping(torch.linspace(0, 1, 101)) == 1.0).all())       # the literal sigmoid never damps on [0, 1]
+    assert float(damping(torch.tensor([1.2]))) < 1.0
+
+
+# ---------------------------------------------------------------- the Mixture field
+MIX = GaussianMixture([[-4.0, 0.0], [4.0, 1.0], [0.0, 5.0]], [0.5, 0.6, 0.4], [0.3, 0.3, 0.4])
+
+
+def cluster_fields():
+    return [Exact(lambda x, t, y, k=k: MIX.exact_velocity_conditional(x, t, torch.full((len(x),), k))) for k in range(3)]
+
+
+def perfect_router():
+    return FunctionRouter(MIX.responsibilities, 3)
+
+
+def path_points(n=600, lo=0.0, hi=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x1, _ = MIX.sample(n, g)
+    t = lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+    x0 = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return (t[:, None] * x1.double() + (1 - t[:, None]) * x0), t
+
+
+def test_full_mixing_of_exact_cluster_fields_is_the_exact_marginal_field_everywhere():
+    """Seed 003, Eq. 1 with the exact posterior p(k | x_t) is the exact mixture velocity."""
+    x, t = path_points()
+    v = Mixture(cluster_fields(), perfect_router(), "full")(x, t)
+    assert torch.allclose(v, MIX.exact_velocity(x, t), atol=1e-10)
+
+
+def test_top1_of_exact_cluster_fields_equals_the_exact_field_where_clusters_separate():
+    x, t = path_points()
+    top1 = Mixture(cluster_fields(), perfect_router(), "top1")(x, t)
+    exact = MIX.exact_velocity(x, t)
+    p = MIX.responsibilities(x, t)
+    per_k = torch.stack([f(x, t) for f in cluster_fields()], 1)          # (N, K, D)
+    spread = (per_k[:, :, None] - per_k[:, None]).norm(dim=-1).amax((1, 2))
+    # everywhere: the error is bounded by the posterior mass top-1 drops times the experts' spread
+    err = (top1 - exact).norm(dim=1)
+    assert bool((err <= (1 - p.max(1).values) * spread + 1e-9).all())
+    # where the clusters are separated (near the data, t >= 0.8) top-1 is exact to 1e-6
+    near = t >= 0.8
+    assert near.sum() > 50 and float(err[near].max()) < 1e-6
+    # near the noise (t < 0.2) it is not: the router's choice is uncertain there
+    assert float(err[t < 0.2].max()) > 1e-2
+
+
+@pytest.mark.parametrize("mode,k", [("full", 3), ("topk", 2), ("topk", 3), ("top1", 1)])
+def test_mixing_weights_are_a_renormalised_restriction_of_the_router_posterior(mode, k):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(500, 5, generator=g), 1)
+    w = mixing_weights(probs, mode, top_k=k)
+    assert torch.allclose(w.sum(1), torch.ones(500), atol=1e-6) and bool((w >= 0).all())
+    kept = w > 0
+    expect = 5 if mode == "full" else k
+    assert bool((kept.sum(1) == expect).all())
+    # the kept experts are the most probable ones, with weights proportional to their probabilities
+    assert bool((probs[kept].reshape(500, -1).min(1).values >= probs.masked_fill(kept, -1).max(1).values).all())
+    assert torch.allclose(w[kept], (probs * kept / (probs * kept).sum(1, keepdim=True))[kept], atol=1e-6)
+    if mode == "top1":
+        assert torch.equal(w.argmax(1), probs.argmax(1))
+
+
+def test_top1_evaluates_each_expert_only_on_its_own_elements():
+    x, t = path_points(n=200)
+    mix = Mixture(cluster_fields(), perfect_router(), "top1")
+    mix(x, t)
+    assert int(mix.calls.sum()) == 200
+    full = Mixture(cluster_fields(), perfect_router(), "full")
+    full(x, t)
+    assert int(full.calls.sum()) == 600
+
+
+def test_threshold_router_switches_at_the_seeds_native_time():
+    """Seed 003, Sec. 3.3.1: native t' <= tau -> low-noise expert; harness t = 1 - t'."""
+    r = ThresholdRouter(0.3, low_noise=1, high_noise=0)
+    t = torch.tensor([0.0, 0.5, 0.69, 0.71, 0.9, 1.0])          # (exactly t = 0.7 is float round-off either way)
+    assert r.probs(torch.zeros(6, 2), t).argmax(1).tolist() == [0, 0, 0, 1, 1, 1]
+
+
+# ---------------------------------------------------------------- partition and units
+def test_kmeans_recovers_separated_components_and_is_deterministic():
+    g = torch.Generator().manual_seed(3)
+    x, y = MIX.sample(900, g)
+    ids, centroids = kmeans(x, 3, seed=0)
+    again, _ = kmeans(x, 3, seed=0)
+    assert torch.equal(ids, again)
+    # a bijection between clusters and components, agreeing on > 99 % of the points
+    agree = max(float((torch.tensor(perm)[ids] == y).double().mean()) for perm in
+                __import__("itertools").permutations(range(3)))
+    assert agree > 0.99
+    assert torch.equal(assign(x, centroids), ids)
+
+
+def test_cluster_datasets_partition_the_data_and_router_labels_are_the_ids(tmp_path):
+    from harness.data.base import build_dataset
+
+    m = method_for(cfg_for(tmp_path, "method=ddm", "method.k=2"))
+    units = m.units()
+    experts = [build_dataset(units[f"expert{i}"].data) for i in range(2)]
+    router = build_dataset(units["router"].data)
+    assert sum(len(e) for e in experts) == len(router) == 400
+    assert [len(e) for e in experts] == m.clustering.counts
+    assert all(e.num_classes == 0 for e in experts) and router.num_classes == 2
+    assert torch.equal(router.y, torch.from_numpy(m.clustering.ids))
+    # the experts' rows are exactly the router's rows of their cluster
+    for i, e in enumerate(experts):
+        assert torch.equal(e.x, router.x[router.y == i])
+
+
+def test_unit_hashes_follow_the_clustering_and_ignore_sampling_choices(tmp_path):
+    base = method_for(cfg_for(tmp_path, "method=hetero_ddm", "method.k=2"))
+    hashes = {r: u.hash for r, u in base.units().items()}
+    # mixing mode and the eps -> velocity conversion are sampling-time: every unit is reused
+    same = method_for(cfg_for(tmp_path, "method=hetero_ddm", "method.k=2", "method.mixing=full",
+                              "method.ddpm_objective.conversion=snr_aligned", "method.ddpm_objective.damping=none"))
+    assert {r: u.hash for r, u in same.units().items()} == hashes
+    # another feature source changes the clustering hash, hence every expert's and the router's unit
+    other = method_for(cfg_for(tmp_path, "method=hetero_ddm", "method.k=2", "method.metric=cosine"))
+    assert other.clustering.hash != base.clustering.hash
+    assert all(u.hash != hashes[r] for r, u in other.units().items())
+    # homogeneous vs heterogeneous: only the DDPM expert differs
+    homo = method_for(cfg_for(tmp_path, "method=ddm", "method.k=2"))
+    diff = [r for r, u in homo.units().items() if u.hash != hashes[r]]
+    assert diff == ["expert0"] and base.units()["expert0"].objective["name"] == "ddpm"
+
+
+# ---------------------------------------------------------------- router training
+@pytest.fixture
+def one_thread():
+    """A 100-step MLP gains nothing from intra-op threads, and on a shared 2-core box they cost ~6x."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_router_learns_the_clusters_near_the_data(tmp_path, one_thread):
+    """router_ce on two separated Gaussians: near-perfect at t close to 1 (data), chance-like at t = 0."""
+    from harness.experiment import train_units
+    from harness.router_eval import accuracy_curve
+    from harness.train import load_unit_field_parts
+
+    cfg = cfg_for(tmp_path, "method=ddm", "method.k=2", "method.router_steps=100", "train.checkpoint_every=100",
+                  "train.ema_decay=0.0")
+    m = method_for(cfg)
+    spec = m.units()["router"]
+    train_units({"router": spec}, cfg)
+    model, _, _ = load_unit_field_parts(spec, cfg["paths"]["workdir"])
+    held = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], [0.4, 0.4], [0.5, 0.5])
+    x1, _ = held.sample(1000, torch.Generator().manual_seed(5))
+    ids = assign(x1, torch.from_numpy(m.clustering.centroids))
+    curve = {c["t"]: c["accuracy"] for c in accuracy_curve(NetRouter(model, 2), x1, ids, [0.0, 0.5, 0.8, 1.0])}
+    assert curve[0.8] > 0.97 and curve[1.0] > 0.97
+    assert curve[0.0] < 0.65                                         # pure noise says nothing about the cluster
+
+
+# ---------------------------------------------------------------- bad input
+def test_k_larger_than_the_data_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"method.k=5 exceeds the 4 items"):
+        cfg_for(tmp_path, "method=ddm", "method.k=5", "data.n=4")
+
+
+def test_an_empty_cluster_is_a_config_error():
+    x = torch.tensor([[0.0, 0.0]] * 5 + [[1.0, 1.0]] * 5)
+    with pytest.raises(ConfigError, match="method.k=3: the data has fewer than 3 distinct"):
+        kmeans(x, 3)
+
+
+def test_router_and_expert_count_mismatch_is_a_config_error():
+    with pytest.raises(ConfigError, match="router routes to 2 experts but 3 were given"):
+        Mixture(cluster_fields(), FunctionRouter(lambda x, t: torch.ones(len(x), 2) / 2, 2))
+    wrong = NetRouter(torch.nn.Linear(2, 3).double(), 2)                   # a router trained for 3 clusters
+    wrong.model = lambda x, t, y: torch.zeros(len(x), 3)
+    with pytest.raises(ConfigError, match="router predicts"):
+        wrong.probs(torch.zeros(4, 2), torch.zeros(4))
+
+
+def test_unknown_ddpm_schedule_and_bad_expert_ids_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="method.ddpm_objective.schedule: unknown DDPM schedule 'sigmoid'"):
+        cfg_for(tmp_path, "method=hetero_ddm", "method.k=2", "method.ddpm_objective.schedule=sigmoid")
+    with pytest.raises(ConfigError, match=r"method.ddpm_experts=\[0, 2\] must be distinct expert ids in \[0, 2\)"):
+        cfg_for(tmp_path, "method=hetero_ddm", "method.k=2", "method.ddpm_experts=[0,2]")
+    with pytest.raises(ConfigError, match="method.top_k=3 must lie in"):
+        cfg_for(tmp_path, "method=ddm", "method.k=2", "method.mixing=topk", "method.top_k=3")
+    with pytest.raises(ConfigError, match="method.mixing: 'top3'"):
+        cfg_for(tmp_path, "method=ddm", "method.k=2", "method.mixing=top3")
+
+
+@pytest.mark.parametrize("name", ["ddm_mono_fmnist_mini", "ddm_fmnist_mini", "hetero_ddm_fmnist_mini"])
+def test_mini_experiments_validate(tmp_path, name):
+    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
+    try:
+        cfg = load([f"experiment={name}"])
+    finally:
+        os.environ.pop("HARNESS_WORKDIR")
+    if name != "ddm_mono_fmnist_mini":
+        assert cfg["method"]["budget"] == "equal_total" and cfg["method"]["k"] == 3
+    assert cfg["train"]["steps"] == 300 and cfg["data"]["name"] == "unlabelled"
+
+
+@pytest.mark.parametrize("name", ["ddm_dit_b2_laion_art", "ddm_dit_xl2_laion", "hetero_ddm_dit_xl2_laion"])
+def test_full_scale_experiments_validate_with_their_paths(tmp_path, name):
+    feats = tmp_path / "dinov2.npy"
+    np.save(feats, np.zeros((2, 4), dtype=np.float32))
+    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
+    try:
+        cfg = load([f"experiment={name}", f"data.root={tmp_path}", f"method.features_kwargs.path={feats}"])
+    finally:
+        os.environ.pop("HARNESS_WORKDIR")
+    assert cfg["method"]["k"] == 8 and cfg["method"]["metric"] == "cosine"
+    if name.startswith("hetero"):
+        assert cfg["method"]["ddpm_experts"] == [0, 3] and cfg["method"]["ddpm_objective"]["clamp"] == 20.0
+
+
+@pytest.mark.slow
+def test_ddm_runs_end_to_end_and_mixing_modes_reuse_every_unit(tmp_path, one_thread):
+    """prepare -> 2 experts + router trained -> Mixture sampled and scored; other mixing modes retrain nothing."""
+    from harness.experiment import run_experiment
+
+    extra = ("method=ddm", "method.k=2", "train.steps=40", "method.router_steps=40", "train.checkpoint_every=40",
+             "eval.n_samples=200", "eval.reference_n=200", "sampler.steps=8")
+    first = run_experiment(cfg_for(tmp_path, *extra, "method.mixing=top1"))
+    assert first["units_trained"] == 3 and math.isfinite(first["metrics"]["fd_raw_200"])
+    for mode in ("topk", "full"):
+        again = run_experiment(cfg_for(tmp_path, *extra, f"method.mixing={mode}"))
+        assert again["units_trained"] == 0 and again["units_reused"] == 3
+    curve = (tmp_path / "clusters").glob("*/router_*/curve.json")
+    assert len(list(curve)) == 1
+
+
+def test_pairwise_diversity_is_zero_for_copies_and_grows_with_spread():
+    from harness.evaluate.diversity import pairwise_diversity
+
+    g = np.random.default_rng(0)
+    same = np.repeat(g.normal(size=(1, 16)), 50, axis=0)
+    assert pairwise_diversity(same)["mean"] == pytest.approx(0.0, abs=1e-12)
+    centre = g.normal(size=(1, 16)) * 5
+    tight = centre + 0.1 * g.normal(size=(50, 16))
+    wide = centre + 3.0 * g.normal(size=(50, 16))
+    assert pairwise_diversity(tight)["mean"] < pairwise_diversity(wide)["mean"]
+    orth = np.eye(8)                                                   # orthonormal features: distance exactly 1
+    assert pairwise_diversity(orth)["mean"] == pytest.approx(1.0) and pairwise_diversity(orth)["pairs"] == 28
+
+
+def test_a_ddpm_checkpoint_with_an_unknown_schedule_cannot_be_converted(tmp_path):
+    from harness.methods.hetero_ddm import converted_unit_field
+    from harness.units import UnitSpec
+
+    spec = UnitSpec(label="ddpm", data={"name": "gaussian_mixture"}, backbone={"name": "mlp"},
+                    objective={"name": "ddpm", "schedule": "sigmoid"}, train={"steps": 1})
+    with pytest.raises(ConfigError, match="objective.schedule: unknown DDPM schedule 'sigmoid'"):
+        converted_unit_field(spec, tmp_path, conversion="seed003")
+    flow = UnitSpec(label="fm", data={"name": "gaussian_mixture"}, backbone={"name": "mlp"},
+                    objective={"name": "flow_matching"}, train={"steps": 1})
+    with pytest.raises(ConfigError, match="objective.name must be ddpm"):
+        converted_unit_field(flow, tmp_path)
