@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
+# headless Chromium for the MLflow UI browser test (tests/test_ui.py)
+dpkg -s chromium >/dev/null 2>&1 || need_apt+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
