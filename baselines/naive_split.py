@@ -29,11 +29,39 @@ def split_units(cfg, boundaries: list[float], budget: str, prefix: str = "expert
             for i, (a, b) in enumerate(intervals)}
 
 
+TRAININGS = ("independent", "joint")
+
+
+def joint_unit(cfg, boundaries: list[float], budget: str) -> dict[str, UnitSpec]:
+    """All experts in one unit trained as seed 000's Alg. 1 loop (one expert per batch).
+
+    The unit's backbone is ``time_experts`` around the configured backbone and its objective
+    samples t with ``per_batch_expert``; each expert is stepped on about 1/N of the batches, so
+    ``per_expert`` gives the unit N x train.steps (each expert ~train.steps in expectation) and
+    ``equal_total`` gives it train.steps.
+    """
+    n = len(boundaries) + 1
+    steps = int(cfg["train"]["steps"]) * (n if budget == "per_expert" else 1)
+    objective = dict(cfg["objective"])
+    base, base_kwargs = objective.get("time_sampler", "uniform"), dict(objective.get("time_sampler_kwargs") or {})
+    objective.update(time_sampler="per_batch_expert",
+                     time_sampler_kwargs={"boundaries": list(boundaries), "base": base, "base_kwargs": base_kwargs})
+    backbone = {"name": "time_experts", "expert": dict(cfg["backbone"]), "boundaries": list(boundaries)}
+    spec = unit_from_config(dict(cfg, backbone=backbone, objective=objective),
+                            label=f"joint experts {[round(b, 3) for b in boundaries]}", steps=steps)
+    return {"experts": spec}
+
+
+def check_training(m) -> None:
+    if m.get("training", "independent") not in TRAININGS:
+        raise ConfigError(f"method.training must be one of {', '.join(TRAININGS)}, got {m.get('training')!r}")
+
+
 @register("method", "naive_split")
 class NaiveSplit(Method):
-    def __init__(self, cfg, n: int = 2, budget: str = "per_expert") -> None:
+    def __init__(self, cfg, n: int = 2, budget: str = "per_expert", training: str = "independent") -> None:
         super().__init__(cfg)
-        self.n, self.budget = int(n), budget
+        self.n, self.budget, self.training = int(n), budget, training
         self.boundaries = [i / self.n for i in range(1, self.n)]
 
     @classmethod
@@ -43,14 +71,19 @@ class NaiveSplit(Method):
             raise ConfigError(f"method.n must be >= 1, got {m.get('n')}")
         if m.get("budget", "per_expert") not in BUDGETS:
             raise ConfigError(f"method.budget must be one of {', '.join(BUDGETS)}, got {m.get('budget')!r}")
+        check_training(m)
 
     def units(self) -> dict[str, UnitSpec]:
+        if self.training == "joint" and self.n > 1:
+            return joint_unit(self.cfg, self.boundaries, self.budget)
         return split_units(self.cfg, self.boundaries, self.budget)
 
     def assemble(self, parts) -> Field:
+        if "experts" in parts:  # joint training: one TimeExperts module routes by t itself
+            return net_field(parts["experts"])
         if self.n == 1:
             return net_field(parts["expert0"])
         return Piecewise([net_field(parts[f"expert{i}"]) for i in range(self.n)], self.boundaries)
 
     def describe(self) -> dict:
-        return {"boundaries": self.boundaries, "budget": self.budget}
+        return {"boundaries": self.boundaries, "budget": self.budget, "training": self.training}

@@ -76,6 +76,15 @@ class Piecewise(Field):
         self.boundaries = check_boundaries(boundaries, len(self.fields))
         self._edges = torch.tensor(self.boundaries, dtype=torch.float64)
 
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A Python-float t (every sampler step) picks its expert without a tensor round trip, so the
+        field also runs on the meta device (FLOP counting from shapes)."""
+        if not torch.is_tensor(t):
+            import bisect
+
+            return self.fields[bisect.bisect_right(self.boundaries, float(t))](x, t, y)
+        return super().__call__(x, t, y)
+
     def expert_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the expert owning each t: the number of boundaries <= t."""
         return torch.bucketize(t.detach().to(torch.float64).cpu(), self._edges, right=True).to(t.device)

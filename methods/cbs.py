@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from harness.baselines.naive_split import BUDGETS, split_units
+from harness.baselines.naive_split import BUDGETS, check_training, joint_unit, split_units
 from harness.errors import ConfigError
 from harness.field import Field, Piecewise, check_boundaries
 from harness.method import Method, net_field
@@ -23,9 +23,9 @@ from harness.units import UnitSpec, content_hash
 @register("method", "cbs")
 class CBS(Method):
     def __init__(self, cfg, n: int = 3, monitor: str = "acceleration", budget: str = "per_expert",
-                 boundaries: Optional[list[float]] = None) -> None:
+                 boundaries: Optional[list[float]] = None, training: str = "independent") -> None:
         super().__init__(cfg)
-        self.n, self.monitor, self.budget = int(n), monitor, budget
+        self.n, self.monitor, self.budget, self.training = int(n), monitor, budget, training
         self.boundaries = None if boundaries is None else check_boundaries(boundaries, self.n, "method.boundaries")
         self.split_result: Optional[dict[str, Any]] = None
 
@@ -38,6 +38,7 @@ class CBS(Method):
             raise ConfigError(f"method.budget must be one of {', '.join(BUDGETS)}, got {m.get('budget')!r}")
         if m.get("boundaries") is not None:
             check_boundaries(m["boundaries"], int(m.get("n", 3)), "method.boundaries")
+        check_training(m)
         from harness.registry import registry
 
         registry("monitor").get(m.get("monitor", "acceleration"))
@@ -67,15 +68,19 @@ class CBS(Method):
     def units(self) -> dict[str, UnitSpec]:
         if self.boundaries is None:
             raise RuntimeError("CBS.units() before prepare(): the boundaries come from the aux model")
+        if self.training == "joint" and self.n > 1:
+            return joint_unit(self.cfg, self.boundaries, self.budget)
         return split_units(self.cfg, self.boundaries, self.budget)
 
     def assemble(self, parts) -> Field:
+        if "experts" in parts:  # joint training (Alg. 1 in one loop): TimeExperts routes by t itself
+            return net_field(parts["experts"])
         if self.n == 1:
             return net_field(parts["expert0"])
         return Piecewise([net_field(parts[f"expert{i}"]) for i in range(self.n)], self.boundaries)
 
     def describe(self) -> dict:
-        out = {"boundaries": self.boundaries, "budget": self.budget, "monitor": self.monitor}
+        out = {"boundaries": self.boundaries, "budget": self.budget, "monitor": self.monitor, "training": self.training}
         if self.split_result:
             out.update(split_field=self.split_result["field"], aux_unit=self.split_result["aux_unit"],
                        monitor_cost=self.split_result["cost"])

@@ -69,7 +69,8 @@ def test_console_script_exit_code(tmp_path):
 
 def test_default_config_validates_and_overrides_apply():
     cfg = load(["train.steps=7", "method=naive_split", "method.n=3"])
-    assert cfg["train"]["steps"] == 7 and cfg["method"] == {"name": "naive_split", "n": 3, "budget": "per_expert"}
+    assert cfg["train"]["steps"] == 7 and cfg["method"] == {"name": "naive_split", "n": 3, "budget": "per_expert",
+                                                             "training": "independent"}
 
 
 def test_every_experiment_composes_and_validates(tmp_path):

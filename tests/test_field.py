@@ -52,3 +52,16 @@ def test_intervals_cover_unit_interval():
 def test_bad_boundaries(bounds, n, msg):
     with pytest.raises(ConfigError, match=msg):
         Piecewise([constant(i) for i in range(n)], bounds)
+
+
+def test_piecewise_float_time_picks_the_same_expert_as_tensor_time_and_runs_on_meta():
+    import torch
+
+    from harness.field import Exact, Piecewise
+
+    pw = Piecewise([Exact(lambda x, t, y, k=k: torch.full_like(x, float(k))) for k in range(3)], [0.25, 0.6])
+    x = torch.zeros(2, 3)
+    for t in (0.0, 0.2499, 0.25, 0.5, 0.6, 0.99, 1.0):
+        assert torch.equal(pw(x, t), pw(x, torch.full((2,), t)))
+    meta = Piecewise([Exact(lambda x, t, y: x * 2)] * 2, [0.5])
+    assert meta(torch.empty(4, 3, device="meta"), 0.7).device.type == "meta"

@@ -95,10 +95,59 @@ def test_harness_split_with_aux_model_reuses_its_unit(tmp_path):
     a = _split(tmp_path, "split.aux_steps=60", "split.trajectories=64", "train.batch_size=128")
     b = _split(tmp_path, "split.aux_steps=60", "split.trajectories=64", "train.batch_size=128")
     assert a["aux_unit"] == b["aux_unit"] and a["boundaries"] == b["boundaries"]
-    assert len(list((tmp_path / "units").iterdir())) == 1
+    assert len([p for p in (tmp_path / "units").iterdir() if p.is_dir()]) == 1
 
 
 def test_split_exact_on_image_data_is_a_clear_error(tmp_path):
     env = dict(os.environ, HARNESS_WORKDIR=str(tmp_path))
     out = subprocess.run([HARNESS, "split", "data=digits", "split.field=exact"], env=env, capture_output=True, text=True)
     assert out.returncode == 2 and "split.field=exact needs data with a closed-form velocity" in out.stderr
+
+
+def test_loss_monitor_is_the_conditional_variance_of_the_target_for_the_exact_field():
+    """x1 ~ N(mu, s^2 I), x0 ~ N(0, I): Var[x1 - x0 | x_t] per dim = (s^2 + 1) - (t s^2 - (1 - t))^2 / (t^2 s^2 + (1 - t)^2),
+    the irreducible flow-matching loss; the monitor's Monte-Carlo estimate must match it at every grid midpoint."""
+    from harness.data.base import ArrayDataset
+
+    mu, s, d, k = 0.5, 0.3, 4, 4096
+    gm = GaussianMixture([[mu] * d], [s], [1.0])
+    rows = mu + s * torch.randn(20000, d, generator=torch.Generator().manual_seed(1))
+    data = ArrayDataset(rows, torch.zeros(20000), num_classes=0, name="gauss", kind="vector")
+    field = Exact(lambda x, t, y: gm.exact_velocity(x.double(), t.double()).to(x.dtype))
+    res = get("monitor", "loss")(field, shape=(d,), trajectories=k, grid=10, seed=0, dataset=data)
+    t = (np.arange(10) + 0.5) / 10
+    expected = d * ((s**2 + 1) - (t * s**2 - (1 - t)) ** 2 / (t**2 * s**2 + (1 - t) ** 2))
+    assert np.allclose(res.curve, expected, rtol=0.08), (res.curve, expected)
+    assert res.grid[-1] == pytest.approx(1.0) and res.nfe == 10
+
+
+def test_a_zero_monitor_curve_is_an_error_not_a_naive_split():
+    from harness.split.run import _check_curve
+
+    with pytest.raises(ConfigError, match="zero everywhere"):
+        _check_curve([0.0] * 10, "acceleration")
+    with pytest.raises(ConfigError, match="not finite at grid cells \\[3\\]"):
+        _check_curve([1.0, 1.0, 1.0, float("nan")], "loss")
+
+
+@pytest.mark.slow
+def test_learned_aux_model_boundaries_land_near_the_exact_ones(tmp_path, monkeypatch):
+    """Unconditional 2-component mixture: the aux MLP (10 % of the data, 1500 steps) vs the exact field.
+
+    Tolerance 0.05 (5 grid cells): the learned field's finite-difference acceleration is jittery
+    from cell to cell (seed 000 only needs an approximate aux model), and FINDINGS saw boundaries
+    move by ~0.04 between a 100- and a 200-point grid on real data. The exact boundaries here are
+    (0.28, 0.55), far from the naive (0.33, 0.67), so the tolerance still separates CBS from naive.
+    """
+    from harness.config import load
+    from harness.split.run import compute_split
+
+    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path))
+    base = ["experiment=gmm_mini", "data.conditional=false", "split.n=3", "run.progress=false", "split.trajectories=512"]
+    exact = compute_split(load([*base, "split.field=exact"]))["boundaries"]
+    learned = compute_split(load([*base, "split.aux_steps=1500"]))["boundaries"]
+    assert np.allclose(learned, exact, atol=0.05), (learned, exact)
+    assert not np.allclose(exact, [1 / 3, 2 / 3], atol=0.05)
+    # conditional data: the exact field is each component's own Gaussian field, as a conditional aux model learns
+    conditional = compute_split(load([*base[:1], *base[2:], "split.field=exact"]))["boundaries"]
+    assert conditional[0] > exact[0] + 0.1

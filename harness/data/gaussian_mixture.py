@@ -166,8 +166,11 @@ def mixture_from_config(*, dim: int, means: list[list[float]] | None, stds: list
 @register("dataset", "gaussian_mixture")
 def gaussian_mixture(*, dim: int = 2, means: list[list[float]] | None = None, stds: list[float] | None = None,
                      weights: list[float] | None = None, n: int = 20000, seed: int = 0,
-                     split: str = "train") -> ArrayDataset:
+                     split: str = "train", conditional: bool = True) -> ArrayDataset:
     """``n`` draws from the mixture as vectors (n, D); labels = component, num_classes = K.
+
+    ``conditional=False`` drops the labels (num_classes = 0): models then learn the
+    unconditional mixture field, the one whose trajectories bifurcate between components.
 
     The mixture itself is attached as ``dataset.mixture`` (exact velocity, posterior).
     ``split='test'`` draws a disjoint stream from the same ``seed``.
@@ -180,6 +183,9 @@ def gaussian_mixture(*, dim: int = 2, means: list[list[float]] | None = None, st
     x, y = mix.sample(int(n), g)
     info = {"source": "analytic isotropic Gaussian mixture", "split": split, "seed": int(seed), "n": int(n),
             **mix.to_dict(), "license": "synthetic"}
-    ds = ArrayDataset(x, y, num_classes=mix.num_components, name="gaussian_mixture", kind="vector", info=info)
+    if not conditional:
+        y = torch.zeros_like(y)
+    ds = ArrayDataset(x, y, num_classes=mix.num_components if conditional else 0, name="gaussian_mixture",
+                      kind="vector", info=dict(info, conditional=bool(conditional)))
     ds.mixture = mix  # type: ignore[attr-defined]  # not in info: info stays JSON
     return ds

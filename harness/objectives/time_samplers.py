@@ -94,3 +94,37 @@ class JiTLogitNormal(LogitNormal):
 
     def __init__(self, mean: float = -0.8, std: float = 0.8) -> None:
         super().__init__(mean=mean, std=std)
+
+
+@register("time_sampler", "per_batch_expert")
+class PerBatchExpert:
+    """Seed 000, Alg. 1 in one loop: ``i = sample_model_idx(N)`` per batch, then ``t = sample_t(b_i, b_{i+1})``.
+
+    The first uniform draw picks the expert uniformly (u_0 * N, as Alg. 1 samples the model
+    index uniformly); every t of the batch is then drawn from the ``base`` sampler truncated
+    to that expert's interval (the unit's own interval is ignored: a joint unit owns [0, 1]).
+    Rescaling u_0 to (u_0 N - i) reuses it for the first t, so a batch consumes the same
+    draws as an independent expert's and stays paired across methods.
+    """
+
+    def __init__(self, boundaries: list[float], base: str = "uniform", base_kwargs: dict | None = None) -> None:
+        from harness.field import check_boundaries
+        from harness.registry import get
+
+        self.boundaries = check_boundaries(boundaries, key="objective.time_sampler_kwargs.boundaries")
+        if base == "per_batch_expert":
+            raise ConfigError("objective.time_sampler_kwargs.base cannot be per_batch_expert")
+        self.base = get("time_sampler", base)(**dict(base_kwargs or {}))
+        self.edges = [0.0, *self.boundaries, 1.0]
+
+    def expert_of_batch(self, u: torch.Tensor) -> int:
+        """Index of the expert this batch trains (from its first uniform draw)."""
+        n = len(self.edges) - 1
+        return min(int(float(u[0]) * n), n - 1)
+
+    def __call__(self, u: torch.Tensor, interval: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+        n = len(self.edges) - 1
+        i = self.expert_of_batch(u)
+        u = u.clone()
+        u[0] = (u[0] * n - i).clamp(0.0, math.nextafter(1.0, 0.0))
+        return self.base(u, (self.edges[i], self.edges[i + 1]))

@@ -6,7 +6,9 @@ auxiliary model on ``split.aux_fraction`` of the data with the run's objective a
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -27,6 +29,25 @@ def aux_unit(cfg: Mapping[str, Any]):
     return unit_from_config(dict(cfg, data=data), label=f"aux ({s['aux_fraction']:.0%} data)", steps=steps)
 
 
+def mixture_field(mixture, num_classes: int):
+    """The exact velocity the experts learn: per component when labelled (class-conditional data), else the mixture's.
+
+    A conditional model sees y = component, so its field is that component's Gaussian field; the
+    null class (label dropout, y = K) and unlabelled data get the unconditional mixture field.
+    """
+    K = mixture.num_components
+
+    def fn(x, t, y):
+        out = mixture.exact_velocity(x, t)
+        if y is not None and num_classes > 0:
+            sel = (y < K).nonzero(as_tuple=True)[0]   # y = K is the null class: unconditional field
+            if sel.numel():
+                out[sel] = mixture.exact_velocity_conditional(x[sel], t[sel], y[sel]).reshape(out[sel].shape)
+        return out.to(x.dtype)
+
+    return fn
+
+
 def split_field(cfg: Mapping[str, Any], datasets, tracker=None, parent_id: Optional[str] = None):
     """(field, num_classes used for trajectories, aux unit hash or None)."""
     s = cfg["split"]
@@ -36,7 +57,7 @@ def split_field(cfg: Mapping[str, Any], datasets, tracker=None, parent_id: Optio
         if mixture is None:
             raise ConfigError(f"split.field=exact needs data with a closed-form velocity; {cfg['data']['name']} has none",
                               hint="use data=gaussian_mixture, or split.field=aux")
-        return Exact(lambda x, t, y: mixture.exact_velocity(x.double(), t.double()).to(x.dtype)), 0, None
+        return Exact(mixture_field(mixture, data.num_classes)), data.num_classes, None
     from harness.experiment import train_units
     from harness.train import load_unit_field_parts
 
@@ -44,6 +65,17 @@ def split_field(cfg: Mapping[str, Any], datasets, tracker=None, parent_id: Optio
     train_units({"aux": spec}, cfg, tracker=tracker, parent_id=parent_id, datasets=datasets)
     model, objective, _ = load_unit_field_parts(spec, Path(cfg["paths"]["workdir"]))
     return Net(model, objective), data.num_classes, spec.hash
+
+
+def _check_curve(curve, monitor: str) -> None:
+    """A zero or non-finite curve is an error, never a silent fall-back to the naive split."""
+    bad = [i for i, v in enumerate(curve) if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"split.monitor={monitor}: the monitor curve is not finite at grid cells {bad[:5]}",
+                          hint="the aux model diverged or the field is singular there; check the aux unit's loss")
+    if not any(v > 0 for v in curve):
+        raise ConfigError(f"split.monitor={monitor}: the monitor curve is zero everywhere, so no boundary is defined",
+                          hint="the aux model may be untrained (aux_steps=0?) or constant")
 
 
 def compute_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> dict[str, Any]:
@@ -54,8 +86,11 @@ def compute_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent
     s = cfg["split"]
     field, num_classes, aux_hash = split_field(cfg, datasets, tracker, parent_id)
     data = datasets.get(cfg["data"])
-    curve = get("monitor", s["monitor"])(field, shape=tuple(data.shape), num_classes=num_classes,
-                                         trajectories=int(s["trajectories"]), grid=int(s["grid"]), seed=int(s["seed"]))
+    monitor = get("monitor", s["monitor"])
+    extra = {"dataset": data} if "dataset" in inspect.signature(monitor).parameters else {}
+    curve = monitor(field, shape=tuple(data.shape), num_classes=num_classes, trajectories=int(s["trajectories"]),
+                    grid=int(s["grid"]), seed=int(s["seed"]), **extra)
+    _check_curve(curve.curve, s["monitor"])
     boundaries = boundaries_from_monitor(curve.grid, curve.curve, int(s["n"]), interpolate=bool(s["interpolate"]))
     return {"monitor": s["monitor"], "n": int(s["n"]), "grid": curve.grid, "curve": curve.curve,
             "cumulative": np.cumsum(curve.curve).tolist(), "boundaries": boundaries, "cost": curve.cost(),
