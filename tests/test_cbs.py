@@ -1,11 +1,10 @@
 """The CBS method end to end on the analytic mixture: aux/exact monitor -> boundaries -> experts -> Piecewise."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from harness.config import load
+from tests.configs import load_in
 from harness.experiment import method_for, run_experiment
 from harness.split.run import compute_split
 
@@ -13,13 +12,7 @@ BASE = ["experiment=gmm_mini", "run.progress=false", "train.steps=30", "eval.n_s
 
 
 def cfg_for(tmp_path, *extra):
-    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
-    os.environ["HARNESS_CACHE"] = str(tmp_path / "cache")
-    try:
-        return load([*BASE, *extra])
-    finally:
-        os.environ.pop("HARNESS_WORKDIR")
-        os.environ.pop("HARNESS_CACHE")
+    return load_in(tmp_path, *BASE, *extra)
 
 
 def test_cbs_experts_live_on_the_monitor_boundaries(tmp_path):

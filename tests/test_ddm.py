@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.configs import load_in
 from harness.config import load
 from harness.data.gaussian_mixture import GaussianMixture
 from harness.errors import ConfigError
@@ -26,14 +27,7 @@ GMM = ["data=gaussian_mixture", "data.n=400", "data.means=[[-3.0,0.0],[3.0,0.0]]
 
 
 def cfg_for(tmp_path, *extra):
-    """A validated config whose workdir and caches live under tmp_path."""
-    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
-    os.environ["HARNESS_CACHE"] = str(tmp_path / "cache")
-    try:
-        return load([*GMM, *extra])
-    finally:
-        os.environ.pop("HARNESS_WORKDIR")
-        os.environ.pop("HARNESS_CACHE")
+    return load_in(tmp_path, *GMM, *extra)
 
 
 class ExactEps(torch.nn.Module):

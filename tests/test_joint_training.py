@@ -1,11 +1,10 @@
 """Seed 000, Alg. 1 as one loop: one expert per batch, each expert stepped only on its own batches."""
-import os
 
 import pytest
 import torch
 
+from tests.configs import load_in
 from harness.backbones.time_experts import TimeExperts
-from harness.config import load
 from harness.data.base import build_dataset
 from harness.errors import ConfigError
 from harness.experiment import method_for, run_experiment
@@ -20,13 +19,7 @@ BASE = ["experiment=gmm_mini", "run.progress=false", "train.batch_size=16", "eva
 
 
 def cfg_for(tmp_path, *extra):
-    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
-    os.environ["HARNESS_CACHE"] = str(tmp_path / "cache")
-    try:
-        return load([*BASE, *extra])
-    finally:
-        os.environ.pop("HARNESS_WORKDIR")
-        os.environ.pop("HARNESS_CACHE")
+    return load_in(tmp_path, *BASE, *extra)
 
 
 def test_per_batch_sampler_keeps_a_batch_in_one_interval_and_picks_experts_uniformly():
