@@ -46,20 +46,30 @@ def weak_unit(cfg: Mapping[str, Any], weak_steps: Optional[int], weak_backbone: 
     return dataclasses.replace(spec, backbone=dict(spec.backbone, **dict(weak_backbone or {})))
 
 
+class WeakModelUnit:
+    """Mixin for guidances whose weak branch is AutoGuidance's weak model, trained as its own unit (AG, AG+SG).
+
+    Put it before the guidance base so ``check_config`` chains to the base's checks.
+    """
+
+    weak_steps: Optional[int]
+    weak_backbone: dict
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)  # type: ignore[misc]
+        check_weak_model(cfg)
+
+    def units(self) -> dict[str, UnitSpec]:
+        return {WEAK_ROLE: weak_unit(self.cfg, self.weak_steps, self.weak_backbone)}  # type: ignore[attr-defined]
+
+
 @register("guidance", "autoguidance")
-class AutoGuidance(ScaledGuidance):
+class AutoGuidance(WeakModelUnit, ScaledGuidance):
     def __init__(self, cfg, scale: float = 1.5, interval: list[float] = (0.0, 1.0), seed: int = 0,
                  weak_steps: Optional[int] = None, weak_backbone: Optional[dict] = None) -> None:
         super().__init__(cfg, scale=scale, interval=interval, seed=seed)
         self.weak_steps, self.weak_backbone = weak_steps, dict(weak_backbone or {})
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        check_weak_model(cfg)
-
-    def units(self) -> dict[str, UnitSpec]:
-        return {WEAK_ROLE: weak_unit(self.cfg, self.weak_steps, self.weak_backbone)}
 
     def wrap(self, field, parts, num_classes):
         return self.guided(Branch(field, "cond", stream=0), Branch(net_field(parts[WEAK_ROLE]), "cond", stream=1),

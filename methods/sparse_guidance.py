@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from harness.baselines.autoguidance import WEAK_ROLE, check_weak_model, weak_unit
+from harness.baselines.autoguidance import WEAK_ROLE, WeakModelUnit
 from harness.guidance import Branch, ScaledGuidance, check_gammas, require_null_class, require_sparse_training
 from harness.method import net_field
 from harness.registry import register
-from harness.units import UnitSpec
 
 
 @register("guidance", "sparse")
@@ -60,7 +59,7 @@ class CFGSparseGuidance(SparseGuidance):
 
 
 @register("guidance", "ag_sparse")
-class AGSparseGuidance(SparseGuidance):
+class AGSparseGuidance(WeakModelUnit, SparseGuidance):
     """AG + SG (Sec. 4.3, Fig. 7-8; Tab. 2's SG_FID): the weak branch is the AG model at gamma_weak."""
 
     def __init__(self, cfg, scale: float = 1.5, interval: list[float] = (0.0, 1.0), seed: int = 0,
@@ -68,14 +67,6 @@ class AGSparseGuidance(SparseGuidance):
                  weak_backbone: Optional[dict] = None) -> None:
         super().__init__(cfg, scale=scale, interval=interval, seed=seed, gamma_strong=gamma_strong, gamma_weak=gamma_weak)
         self.weak_steps, self.weak_backbone = weak_steps, dict(weak_backbone or {})
-
-    @classmethod
-    def check_config(cls, cfg) -> None:
-        super().check_config(cfg)
-        check_weak_model(cfg)
-
-    def units(self) -> dict[str, UnitSpec]:
-        return {WEAK_ROLE: weak_unit(self.cfg, self.weak_steps, self.weak_backbone)}
 
     def weak_field(self, field, parts):
         return net_field(parts[WEAK_ROLE])
