@@ -134,6 +134,8 @@ class EvalConfig:
     class_label: Optional[int] = None
     reference: Optional[str] = None     # ADM-format npz (arr_0 and/or mu, sigma) instead of the data's split
     fd_backend: str = "harness"         # harness (scipy) | torch-fidelity | clean-fid: whose FD function
+    lpips_backbone: Optional[str] = None  # torchvision AlexNet weights file; needed by metrics: [lpips] (seed 003)
+    lpips_pairs: int = 2000             # random sample pairs of the mean pairwise LPIPS / div
 
     def check(self, p: str) -> None:
         positive(p, n_samples=self.n_samples, batch_size=self.batch_size)
@@ -143,9 +145,18 @@ class EvalConfig:
             raise ConfigError(f"{p}.reference: {self.reference} does not exist", hint="expected an ADM-format npz")
         if self.reference_n < 0 or self.seed_offset < 0:
             raise ConfigError(f"{p}.reference_n and seed_offset must be >= 0")
-        bad = [m for m in self.metrics if m not in ("fd", "kid", "pr", "is")]
+        known = ["fd", "kid", "pr", "is", "div", "lpips"]
+        bad = [m for m in self.metrics if m not in known]
         if bad:
-            raise ConfigError(f"{p}.metrics: unknown metric {bad[0]!r}.{suggest(bad[0], ['fd', 'kid', 'pr', 'is'])} Known: fd, kid, pr, is")
+            raise ConfigError(f"{p}.metrics: unknown metric {bad[0]!r}.{suggest(bad[0], known)} Known: {', '.join(known)}")
+        positive(p, lpips_pairs=self.lpips_pairs)
+        if "lpips" in self.metrics and self.lpips_backbone is None:
+            raise ConfigError(f"{p}.metrics has lpips but {p}.lpips_backbone is not set",
+                              hint="point it at torchvision's alexnet-owt-7be5be79.pth (not downloadable here), "
+                                   "or use the feature-space stand-in eval.metrics=[div]")
+        if self.lpips_backbone is not None and not Path(self.lpips_backbone).expanduser().is_file():
+            raise ConfigError(f"{p}.lpips_backbone: {self.lpips_backbone} does not exist",
+                              hint="expected torchvision's AlexNet state dict alexnet-owt-7be5be79.pth")
         if self.metrics and self.extractor is None:
             raise ConfigError(f"{p}.metrics needs {p}.extractor", hint="set eval=fd_smallcnn or eval.metrics=[]")
 

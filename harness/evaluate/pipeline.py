@@ -133,7 +133,8 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
     data = datasets.get(cfg["data"])
     inputs = images_uint8(samples) if data.kind == "image" else samples
     result = score_samples(inputs, reference=ref_stats, reference_features=ref, extractor=extractor,
-                           metrics=tuple(ev["metrics"]), seed=int(ev["seed_offset"]), fd_backend=ev.get("fd_backend", "harness"))
+                           metrics=tuple(ev["metrics"]), seed=int(ev["seed_offset"]), fd_backend=ev.get("fd_backend", "harness"),
+                           lpips_backbone=ev.get("lpips_backbone"), pairs=int(ev.get("lpips_pairs", 2000)))
     result["protocol"].update({
         "protocol_version": PROTOCOL_VERSION, "reference": ref_name,
         "reference_hash": ref_hash, "reference_n": None if ref is None else len(ref),

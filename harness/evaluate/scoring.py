@@ -23,8 +23,14 @@ def n_label(n: int) -> str:
 
 def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], reference_features: Optional[np.ndarray],
                   extractor, metrics: Sequence[str] = ("fd", "kid", "pr"), seed: int = 0,
-                  fd_backend: str = "harness") -> dict[str, Any]:
-    """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors)."""
+                  fd_backend: str = "harness", lpips_backbone: Optional[str] = None,
+                  pairs: int = 2000) -> dict[str, Any]:
+    """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors).
+
+    Diversity (seed 003, Tab. 3): ``lpips`` is the mean pairwise LPIPS-Alex (``lpips_div_<n>``) and
+    needs ``lpips_backbone``; ``div`` is the mean pairwise cosine distance of the extractor's
+    features (``div_<family>_<n>``), a stand-in that is never called LPIPS.
+    """
     feats = extractor.features(samples)
     ref_stats = reference if reference is not None else FeatureStats.from_features(reference_features)
     n = n_label(len(feats))
@@ -48,9 +54,22 @@ def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], r
             raise DataError(f"extractor {extractor.name} has no classifier logits, so no Inception Score",
                             hint="drop 'is' from eval.metrics or use an extractor with logits")
         out[f"is_{family}_{n}"] = inception_score(logits)[0]
+    extra: dict[str, Any] = {}
+    if "div" in metrics:
+        from harness.evaluate.diversity import pairwise_diversity
+
+        out[f"div_{family}_{n}"] = pairwise_diversity(feats, max_pairs=pairs, seed=seed)["mean"]
+    if "lpips" in metrics:
+        from harness.evaluate.lpips_diversity import mean_pairwise_lpips
+
+        if samples.dim() != 4:
+            raise DataError("LPIPS needs images, not vectors", hint="drop lpips from eval.metrics for vector data")
+        lp = mean_pairwise_lpips(samples, lpips_backbone, pairs=pairs, seed=seed)
+        out[f"lpips_div_{n}"] = lp["mean"]
+        extra = lp["protocol"]
     protocol = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
                 "weights_source": extractor.weights_source, "ref_stats_sha256": ref_stats.sha256(),
-                "n_samples": len(feats), "fd_backend": fd_backend}
+                "n_samples": len(feats), "fd_backend": fd_backend, **extra}
     return {"metrics": out, "protocol": protocol}
 
 

@@ -21,13 +21,16 @@ SEED_PARAM = "params.train.seed"
 # paper metric -> regexes of our MLflow metric names, in order of preference.  A number is FID only
 # from the Inception-V3 extractor (fid_inception_*); the CPU-scale stand-ins keep their own names.
 OUR_METRICS: dict[str, tuple[str, ...]] = {
-    "fid": (r"fid_inception_\w+", r"fd_smallcnn_\w+", r"fd_raw_\w+"),
+    "fid": (r"fid_inception_\w+", r"fd_cnn_\w+", r"fd_smallcnn_\w+", r"fd_raw_\w+"),
+    "lpips": (r"lpips_div_\w+", r"div_\w+"),
     "is": (r"is_inception_\w+", r"is_smallcnn_\w+"),
-    "precision": (r"precision_inception_\w+", r"precision_smallcnn_\w+", r"precision_raw_\w+"),
-    "recall": (r"recall_inception_\w+", r"recall_smallcnn_\w+", r"recall_raw_\w+"),
+    "precision": (r"precision_inception_\w+", r"precision_cnn_\w+", r"precision_smallcnn_\w+", r"precision_raw_\w+"),
+    "recall": (r"recall_inception_\w+", r"recall_cnn_\w+", r"recall_smallcnn_\w+", r"recall_raw_\w+"),
     "gflops": (r"gflops_per_nfe_seed004", r"gflops_per_nfe_torch", r"gflops_per_nfe"),
 }
 PROTOCOL_OF = {"fid_inception": "FID (Inception-V3 pool3)", "fd_smallcnn": "FD (smallcnn features)",
+               "fd_cnn": "FD (features of a small CNN trained as a classifier)",
+               "lpips_div": "mean pairwise LPIPS-Alex v0.1", "div": "mean pairwise cosine distance of features (not LPIPS)",
                "fd_raw": "FD (raw coordinates)", "is_inception": "IS (Inception-V3)",
                "gflops_per_nfe_seed004": "GFLOPs per NFE (linear+conv multiply-adds, seed 004's count)",
                "gflops_per_nfe_torch": "GFLOPs per NFE (FlopCounterMode, 2 per multiply-add)", "gflops_per_nfe": "GFLOPs per NFE"}
