@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.tables.cells import mean_se, metric_key  # noqa: E402
 
 METRIC_TEXT = {
     "fd_cnn_fashion_mnist": "Frechet distance on the pooled features of a small CNN trained as a Fashion-MNIST "
@@ -51,20 +52,6 @@ def _param_count(cfg) -> int:
 
     shape, classes, _ = data_shape(cfg["data"])
     return sum(p.numel() for p in build_backbone(cfg["backbone"], shape, classes).parameters())
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    m = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return m, se
-
-
-def metric_key(metrics: dict, prefix: str) -> str:
-    """The logged name of the Frechet distance, e.g. ``fd_smallcnn_1k`` for prefix ``fd_smallcnn``."""
-    keys = sorted(k for k in metrics if k == prefix or (k.startswith(prefix + "_") and k[len(prefix) + 1:][:1].isdigit()))
-    if not keys:
-        raise SystemExit(f"no metric named {prefix}* in {sorted(metrics)}")
-    return keys[0]
 
 
 def write_report(rows: list[dict], args, path_md: Path) -> None:

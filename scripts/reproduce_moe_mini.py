@@ -1,105 +1,126 @@
 """Mini reproduction of seed 002's baseline comparison (Tab. 3 at CPU scale): dense vs TC vs EC vs DiffMoE.
 
 The four ``*_moe_mini_fmnist`` experiments (DiT width 128, depth 4, patch 4 on Fashion-MNIST 28x28;
-MoE with 4 experts in blocks 1 and 3 at C_train = 1, so equal activated parameters), each trained
-per seed with the same draws, sampled with seeds 0..n-1 (Euler), scored with ``fd_smallcnn``
-("FD (smallcnn features)", never FID); DiffMoE also reports C_infer^avg (Eq. 15).
+MoE with 4 experts in blocks 1 and 3 at C_train = 1, so equal activated parameters during training)
+are ordinary ``harness run`` cells.  Within a seed all four share ``train.seed`` (init stream, data
+order, noise, t draws), so differences are paired.  Scored with ``eval=fd_cnn_fmnist`` (Frechet
+distance on a trained Fashion-MNIST classifier's features, never FID); DiffMoE also reports
+C_infer^avg (seed 002, Eq. 15).
 
-    python scripts/reproduce_moe_mini.py run --seed 0 [--steps 300] [--n 512]   # -> <workdir>/moe_mini/seed0.json
-    python scripts/reproduce_moe_mini.py report --seeds 0 1                     # -> results/reproduced/moe_mini.md
+    .venv/bin/python scripts/reproduce_moe_mini.py --seeds 0 1 [--steps 400]   # resumable
+    .venv/bin/python scripts/reproduce_moe_mini.py --report-only --reading FILE
 
-Runs under ``HARNESS_WORKDIR`` (units are reused by content hash).
+Writes ``results/reproduced/moe_mini.json`` (every finished cell with its protocol) and ``moe_mini.md``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
+import sys
 import time
 from pathlib import Path
 
-VARIANTS = [("Dense", "dense_moe_mini_fmnist"), ("TC-MoE", "tc_moe_mini_fmnist"), ("EC-MoE", "ec_moe_mini_fmnist"),
-            ("DiffMoE", "diffmoe_mini_fmnist")]
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference  # noqa: E402
+
+VARIANTS = {"dense": "dense_moe_mini_fmnist", "tc_moe": "tc_moe_mini_fmnist", "ec_moe": "ec_moe_mini_fmnist",
+            "diffmoe": "diffmoe_mini_fmnist"}
+PAIRS = [("tc_moe", "dense"), ("ec_moe", "dense"), ("diffmoe", "dense"), ("diffmoe", "tc_moe"), ("diffmoe", "ec_moe")]
 
 
-def out_dir() -> Path:
-    return Path(os.environ.get("HARNESS_WORKDIR", "harness_out")) / "moe_mini"
+def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
+    return [f"experiment={VARIANTS[variant]}", f"train.seed={seed}", f"train.steps={args.steps}",
+            "run.progress=false", "run.experiment_name=moe_mini_reproduction", f"run.name={variant}-seed{seed}",
+            *args.override]
 
 
-def run_seed(seed: int, steps: int, n: int, batch: int) -> list[dict]:
-    """Train, sample and score every variant for one seed; returns one row per variant."""
-    from harness.backbones.flops import count_parameters, describe
+def run_cell(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    from harness.backbones.flops import describe
     from harness.config import load
     from harness.experiment import run_experiment
     from harness.units import build_backbone
 
-    rows = []
-    for label, experiment in VARIANTS:
-        overrides = [f"experiment={experiment}", f"train.seed={seed}", f"train.steps={steps}",
-                     f"train.batch_size={batch}", f"eval.n_samples={n}", "run.progress=false"]
-        cfg = load(overrides)
-        t0 = time.time()
-        summary = run_experiment(cfg)
-        info = describe(lambda: build_backbone(cfg["backbone"], (1, 28, 28), 10), (1, 28, 28))
-        fd_key = next(k for k in summary["metrics"] if k.startswith("fd_smallcnn"))
-        rows.append({"variant": label, "experiment": experiment, "seed": seed, "steps": steps, "batch": batch,
-                     "fd": summary["metrics"][fd_key], "fd_key": fd_key,
-                     "c_infer": summary["metrics"].get("moe_c_infer_avg"), "params": info["params"],
-                     "params_activated": info["params_activated"], "gmacs": info["gmacs"],
-                     "nfe": summary["protocol"]["nfe"], "sampler": summary["protocol"]["sampler"],
-                     "extractor_sha256": summary["protocol"].get("weights_sha256"),
-                     "seconds": round(time.time() - t0, 1)})
-        print(json.dumps(rows[-1]), flush=True)
-    out = out_dir() / f"seed{seed}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
-    return rows
+    cfg = load(overrides(variant, seed, args))
+    t0 = time.time()
+    result = run_experiment(cfg)
+    info = describe(lambda: build_backbone(cfg["backbone"], (1, 28, 28), 10), (1, 28, 28))
+    return {"method": variant, "seed": seed, "metrics": result["metrics"], "protocol": result["protocol"],
+            "run_id": result.get("run_id"), "seconds": round(time.time() - t0, 1), "steps": cfg["train"]["steps"],
+            "batch_size": cfg["train"]["batch_size"], "params": info["params"],
+            "params_activated": info["params_activated"], "gmacs": info["gmacs"],
+            "overrides": overrides(variant, seed, args)}
 
 
-def report(seeds: list[int]) -> Path:
-    """Markdown table (mean and per-seed FD) with the protocol, into results/reproduced/moe_mini.md."""
-    rows = [r for s in seeds for r in json.loads((out_dir() / f"seed{s}.json").read_text())]
-    first = rows[0]
+def write_report(log: CellLog, args: argparse.Namespace, path_md: Path) -> None:
+    rows = log.rows
+    metric = metric_key(rows[0]["metrics"], args.metric)
+    seeds = sorted(s for s in {r["seed"] for r in rows} if all(log.done(method=v, seed=s) for v in VARIANTS))
+    if not seeds:
+        raise SystemExit("no seed has all four variants yet: run the cells first")
+    proto = next(r for r in rows if r["seed"] in seeds)["protocol"]
+    shas = {r["protocol"].get("weights_sha256") for r in rows if r["seed"] in seeds}
+    first = next(r for r in rows if r["seed"] in seeds)
     lines = ["# Seed 002 mini reproduction: dense vs TC vs EC vs DiffMoE (CPU scale)", "",
-             f"Protocol: Fashion-MNIST 28x28 (train split), DiT/SiT width 128, depth 4, patch 4 (49 tokens), flow "
-             f"matching; MoE = 4 experts in blocks 1 and 3, C_train = 1; {first['steps']} AdamW steps at batch "
-             f"{first['batch']}, lr 1e-3, EMA 0.99, label dropout 0.1; sampler {first['sampler']} (NFE {first['nfe']}), "
-             f"no guidance; {first['fd_key']} = Frechet distance on the fixed-seed small-CNN features "
-             "(\"FD (smallcnn features)\", **not FID**) against 1000 test images; seeds " + ", ".join(map(str, seeds)) +
-             " (training seed = init, data order, noise and t draws; samples use seeds 0..n-1 in every run).", "",
-             "| variant | params total (M) | activated (M) | GMACs/forward (meta, C=1) | FD per seed | FD mean | C_infer^avg |",
-             "|---|---|---|---|---|---|---|"]
-    for label, _ in VARIANTS:
-        rs = [r for r in rows if r["variant"] == label]
-        fds = [r["fd"] for r in rs]
-        caps = [r["c_infer"] for r in rs if r["c_infer"] is not None]
-        lines.append(f"| {label} | {rs[0]['params'] / 1e6:.3f} | {rs[0]['params_activated'] / 1e6:.3f} | "
-                     f"{rs[0]['gmacs']:.4f} | {' / '.join(f'{v:.2f}' for v in fds)} | {statistics.mean(fds):.2f} | "
-                     f"{' / '.join(f'{c:.3f}' for c in caps) if caps else '-'} |")
-    path = ROOT / "results" / "reproduced" / "moe_mini.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+             f"Generated by `scripts/reproduce_moe_mini.py` on {time.strftime('%Y-%m-%d')}. Every number is `{metric}` "
+             "(lower is better): the Frechet distance on the pooled features of a small CNN trained as a Fashion-MNIST "
+             "classifier (`eval=fd_cnn_fmnist`), **not FID**.", "",
+             "## Protocol", "",
+             f"- Fashion-MNIST 28x28 train split; DiT/SiT width 128, depth 4, patch 4 (49 tokens), flow matching; "
+             f"MoE = 4 experts in blocks 1 and 3 at C_train = 1 (TC top-1 with the 0.01 load-balancing loss, EC per "
+             f"sample, DiffMoE batch-level pool + capacity predictor + EMA threshold); {first['steps']} AdamW steps at "
+             f"batch {first['batch_size']}, lr 1e-3, EMA 0.99, label dropout 0.1.",
+             f"- sampler {proto.get('sampler')}, NFE {proto.get('nfe')}, no guidance, {proto.get('n_samples')} class-"
+             f"conditional samples (sample i = seed i), reference {proto.get('reference_n')} test images; extractor "
+             f"{proto.get('extractor')} ({proto.get('weights_source')}; weights sha256 "
+             + ", ".join(sorted(str(s)[:12] for s in shas)) + ").",
+             f"- seeds {seeds}; within a seed the four variants share `train.seed`. Paired differences, SE = sample std "
+             "/ sqrt(#seeds).", "",
+             "## Results", "",
+             "| variant | params total (M) | activated (M) | GMACs/forward (meta, C=1) | "
+             + " | ".join(f"seed {s}" for s in seeds) + " | mean ± SE | C_infer^avg |",
+             "|---|---|---|---|" + "---|" * len(seeds) + "---|---|"]
+    for v in VARIANTS:
+        rs = {r["seed"]: r for r in rows if r["method"] == v and r["seed"] in seeds}
+        vals = [rs[s]["metrics"][metric] for s in seeds]
+        mu, se = mean_se(vals)
+        caps = [rs[s]["metrics"].get("moe_c_infer_avg") for s in seeds]
+        caps_txt = " / ".join(f"{c:.3f}" for c in caps if c is not None) or "–"
+        r0 = rs[seeds[0]]
+        lines.append(f"| {v} | {r0['params'] / 1e6:.3f} | {r0['params_activated'] / 1e6:.3f} | {r0['gmacs']:.4f} | "
+                     + " | ".join(f"{x:.3f}" for x in vals) + f" | {mu:.3f} ± {se:.2g} | {caps_txt} |")
+    lines += ["", "| paired difference | mean ± SE | seeds where first < second |", "|---|---|---|"]
+    for a, b in PAIRS:
+        mu, se, n, wins = paired_difference(log.values(metric, {"method": a}), log.values(metric, {"method": b}))
+        lines.append(f"| {a} − {b} | {mu:+.3f} ± {se:.2g} | {wins}/{n} |")
+    reading = Path(args.reading).read_text() if args.reading and Path(args.reading).exists() else args.reading
+    lines += ["", "## Reading", "", reading or "_(to be written after looking at the numbers)_", ""]
+    path_md.write_text("\n".join(lines))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--steps", type=int, default=300)
-    r.add_argument("--n", type=int, default=512)
-    r.add_argument("--batch", type=int, default=32)
-    p = sub.add_parser("report")
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    args = ap.parse_args()
-    if args.cmd == "run":
-        run_seed(args.seed, args.steps, args.n, args.batch)
-    else:
-        print(report(args.seeds))
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--metric", default="fd_cnn_fashion_mnist")
+    p.add_argument("--out", default=str(ROOT / "results" / "reproduced" / "moe_mini"))
+    p.add_argument("--reading", default=None, help="text, or a file holding the text, of the Reading section")
+    p.add_argument("--report-only", action="store_true", help="rebuild the .md from the .json")
+    p.add_argument("override", nargs="*", help="extra Hydra overrides for every cell")
+    args = p.parse_args()
+    out = Path(args.out)
+    log = CellLog(out.with_suffix(".json"))
+    if not args.report_only:
+        for seed in args.seeds:
+            for variant in VARIANTS:
+                if not log.done(method=variant, seed=seed):
+                    log.add(run_cell(variant, seed, args))
+                    r = log.rows[-1]
+                    print(f"{variant} seed {seed}: {r['metrics']} ({r['seconds']} s)", flush=True)
+    write_report(log, args, out.with_suffix(".md"))
+    print(f"wrote {out.with_suffix('.md')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""A resumable record of experiment cells, and the paired statistics the mini reproductions report.
+
+The ``scripts/reproduce_*_mini.py`` scripts run a grid of ordinary ``harness run`` cells (method x seed)
+on a shared CPU where a run can be killed at any time.  ``CellLog`` keeps every finished cell in one JSON
+file, written atomically after each cell, so a re-run skips what is done and a kill loses at most the
+cell in flight (units inside it are content-hashed and resume on their own).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def metric_key(metrics: Mapping[str, Any], prefix: str) -> str:
+    """The logged name of a metric family, e.g. ``fd_cnn_fashion_mnist_1k`` for ``fd_cnn_fashion_mnist``.
+
+    Sample counts are part of the name (``_1k``, ``_256``), so two counts never mix in one column.
+    """
+    keys = sorted(k for k in metrics
+                  if k == prefix or (k.startswith(prefix + "_") and k[len(prefix) + 1:][:1].isdigit()))
+    if not keys:
+        raise KeyError(f"no metric named {prefix}* among {sorted(metrics)}")
+    return keys[0]
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n)); the SE is NaN for a single value."""
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return m, se
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, float, int, int]:
+    """Mean and SE of a - b over the seeds both have, the number of such seeds, and how many have a < b."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("no seed is common to both sides of the paired difference")
+    d = [a[s] - b[s] for s in seeds]
+    mu, se = mean_se(d)
+    return mu, se, len(d), sum(x < 0 for x in d)
+
+
+class CellLog:
+    """Finished cells of a reproduction, one dict each, persisted to ``path`` after every ``add``."""
+
+    def __init__(self, path: Path | str, key: Iterable[str] = ("method", "seed")) -> None:
+        self.path = Path(path)
+        self.key = tuple(key)
+        if self.path.exists():
+            try:
+                self.rows: list[dict[str, Any]] = json.loads(self.path.read_text())
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{self.path} is not valid JSON ({err}); move it aside to start the cells afresh, "
+                                 "or restore it from git") from err
+        else:
+            self.rows = []
+
+    def _key(self, row: Mapping[str, Any]) -> tuple:
+        return tuple(row[k] for k in self.key)
+
+    def done(self, **key: Any) -> bool:
+        want = tuple(key[k] for k in self.key)
+        return any(self._key(r) == want for r in self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if self._key(r) != self._key(row)] + [row]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.rows, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+    def values(self, metric: str, where: Mapping[str, Any]) -> dict[int, float]:
+        """``{seed: metric}`` for the rows matching ``where`` (one row per seed)."""
+        return {r["seed"]: r["metrics"][metric] for r in self.rows
+                if all(r.get(k) == v for k, v in where.items()) and metric in r["metrics"]}
