@@ -13,8 +13,9 @@ mode is a sampling-time choice: it is not part of any unit, so one set of expert
 Top-1 / Top-2 / Full rows of seed 003, Tab. 1 without retraining.
 
 Budget (recorded with the result): ``per_expert`` gives each expert ``train.steps``;
-``equal_total`` gives each ``train.steps // k``, the seed's aggregate-compute match (it
-divides the batch instead, 256 -> 32 per expert; the FLOPs are the same).
+``equal_total`` gives each ``train.steps // k``; ``equal_total_batch`` gives each
+``train.steps`` at batch ``train.batch_size // k``, seed 003 Sec. 3.2's aggregate-compute
+match as printed (256 -> 32 per expert).  Both spend the monolithic model's training FLOPs.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from harness.baselines.naive_split import BUDGETS, expert_steps
+from harness.baselines.naive_split import BUDGETS as SPLIT_BUDGETS, expert_steps
 from harness.errors import ConfigError
 from harness.field import Field
 from harness.method import Method, net_field
@@ -32,6 +33,17 @@ from harness.mixture import Mixture, NetRouter, check_mixing
 from harness.partition import METRICS, PIXELS, PRECOMPUTED, Clustering, cluster_dataset
 from harness.registry import register
 from harness.units import UnitSpec
+
+# equal_total_batch: seed 003 Sec. 3.2's equal-FLOPs protocol as printed (each expert train.steps steps at
+# batch train.batch_size // k, e.g. 256 / 8 = 32), beside equal_total (train.steps // k steps at full batch).
+BUDGETS = SPLIT_BUDGETS + ("equal_total_batch",)
+
+
+def expert_train(train: Mapping[str, Any], k: int, budget: str) -> dict[str, Any]:
+    """An expert's train node under a budget protocol (the monolithic node is ``train`` itself)."""
+    if budget == "equal_total_batch":
+        return dict(train, batch_size=int(train["batch_size"]) // k)
+    return dict(train, steps=expert_steps(int(train["steps"]), k, budget))
 
 DEFAULT_ROUTER = {"name": "router", "width": 32, "depth": 3, "time_dim": 64}
 ROUTER_OBJECTIVE = {"name": "router_ce", "time_sampler": "uniform", "time_sampler_kwargs": {}}
@@ -79,6 +91,10 @@ class DDM(Method):
         check_mixing(m.get("mixing", "top1"), int(m.get("top_k", 2)), k)
         if m.get("budget", "per_expert") not in BUDGETS:
             raise ConfigError(f"method.budget must be one of {', '.join(BUDGETS)}, got {m.get('budget')!r}")
+        if m.get("budget") == "equal_total_batch" and int(cfg["train"]["batch_size"]) < k:
+            raise ConfigError(f"method.budget=equal_total_batch splits train.batch_size={cfg['train']['batch_size']} "
+                              f"over k={k} experts, leaving less than one item each",
+                              hint=f"raise train.batch_size to a multiple of {k} or use method.budget=equal_total")
         if m.get("metric", "euclidean") not in METRICS:
             raise ConfigError(f"method.metric: {m.get('metric')!r} is not one of {', '.join(METRICS)}")
         if m.get("features", PIXELS) not in (PIXELS, PRECOMPUTED):
@@ -118,10 +134,10 @@ class DDM(Method):
         return dict(self.cfg["objective"])
 
     def units(self) -> dict[str, UnitSpec]:
-        steps = expert_steps(int(self.cfg["train"]["steps"]), self.k, self.budget)
+        expert = expert_train(self.cfg["train"], self.k, self.budget)
         units = {f"expert{i}": UnitSpec(label=f"expert{i} (cluster {i}/{self.k}, {self.expert_objective(i)['name']})",
                                         data=self.cluster_node(i, "none"), backbone=dict(self.cfg["backbone"]),
-                                        objective=self.expert_objective(i), train=dict(self.cfg["train"], steps=steps))
+                                        objective=self.expert_objective(i), train=dict(expert))
                  for i in range(self.k)}
         train = dict(self.cfg["train"], label_dropout=0.0, steps=int(self.router_steps or self.cfg["train"]["steps"]))
         if self.router_lr is not None:

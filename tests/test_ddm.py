@@ -210,6 +210,20 @@ def test_unit_hashes_follow_the_clustering_and_ignore_sampling_choices(tmp_path)
     assert diff == ["expert0"] and base.units()["expert0"].objective["name"] == "ddpm"
 
 
+def test_budgets_split_steps_or_batch_and_keep_the_monolithic_flops(tmp_path):
+    base = ("method=ddm", "method.k=4", "train.steps=200", "train.batch_size=128")
+    units = {b: method_for(cfg_for(tmp_path, *base, f"method.budget={b}")).units()
+             for b in ("per_expert", "equal_total", "equal_total_batch")}
+    items = {b: sum(u.train["steps"] * u.train["batch_size"] for r, u in us.items() if r != "router")
+             for b, us in units.items()}
+    assert items == {"per_expert": 4 * 200 * 128, "equal_total": 200 * 128, "equal_total_batch": 200 * 128}
+    assert units["equal_total_batch"]["expert0"].train["batch_size"] == 32          # seed 003: 256 / 8 = 32
+    assert units["equal_total_batch"]["expert0"].train["steps"] == 200
+    assert units["equal_total_batch"]["router"].hash == units["per_expert"]["router"].hash   # the router is extra
+    with pytest.raises(ConfigError, match="equal_total_batch splits train.batch_size=3 over k=4"):
+        cfg_for(tmp_path, "method=ddm", "method.k=4", "train.batch_size=3", "method.budget=equal_total_batch")
+
+
 # ---------------------------------------------------------------- router training
 @pytest.fixture
 def one_thread():
