@@ -1,111 +1,130 @@
-"""Mini reproduction of seed 003's comparisons (Tab. 1 monolithic vs DDM mixing modes; Tab. 4 homo vs hetero).
+"""Mini reproduction of seed 003 on Fashion-MNIST: Tab. 1 (monolithic vs DDM mixing modes), Tab. 4 (homo vs
+hetero), Tab. 3 (DDPM -> FM conversion and the DDPM/FM switch) and Fig. 4 (the switch's threshold).
 
-Every row is one ``harness run`` on the same units (reused by content hash): the monolithic baseline,
-homogeneous DDM sampled with Top-1 / Top-2 / Full mixing, heterogeneous DDM (some experts DDPM-eps,
-converted at sampling time).  Two suites:
+Every row is one ``harness run``; rows share content-hashed units (the monolithic net is also the switch's FM
+expert; mixing mode, conversion, threshold and ordering are sampling-time keys), so a row after the first
+mostly re-samples.  Within a seed every unit shares ``train.seed`` (paired draws).  Scored with
+``eval=fd_cnn_fmnist`` (FD on a trained Fashion-MNIST classifier's features, never FID) and ``div``
+(mean pairwise cosine distance of the same features: the stand-in for seed 003's LPIPS diversity).
 
-* ``fmnist``: Fashion-MNIST (unlabelled), k=3 pixel k-means clusters, ``unet_fmnist_mini`` experts,
-  equal aggregate compute (monolithic 300 steps = 3 experts x 100), FD on the small CNN's features
-  ("FD (smallcnn features)", never FID), 256 samples (seeds 0..255), Euler 10 steps.
-* ``gmm``: the analytic 4-corner 2-D Gaussian mixture, k=4, MLP experts, fd_raw on 2000 samples.
+    .venv/bin/python scripts/reproduce_ddm_mini.py --suite tables --seeds 0 1      # resumable
+    .venv/bin/python scripts/reproduce_ddm_mini.py --suite threshold --seeds 0
+    .venv/bin/python scripts/reproduce_ddm_mini.py --suite tables --report-only --reading FILE
 
-    python scripts/reproduce_ddm_mini.py run --suite fmnist --seed 0    # -> $HARNESS_WORKDIR/results.jsonl
-    python scripts/reproduce_ddm_mini.py report --suite fmnist RESULTS.jsonl [...]   # markdown table to stdout
+Writes ``results/reproduced/ddm_mini_<suite>.json`` and ``.md``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
+import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
-FMNIST_EVAL = ["eval.n_samples=256", "sampler.steps=10"]
-SUITES = {
-    "fmnist": [  # eval overrides: 256 samples, Euler 10 steps (what the shared 2-core CPU allowed)
-        ("monolithic", ["experiment=ddm_mono_fmnist_mini", *FMNIST_EVAL]),
-        ("ddm top1", ["experiment=ddm_fmnist_mini", "method.mixing=top1", *FMNIST_EVAL]),
-        ("hetero top1 (seed003 conv.)", ["experiment=hetero_ddm_fmnist_mini", "method.mixing=top1", *FMNIST_EVAL]),
-        ("ddm top2", ["experiment=ddm_fmnist_mini", "method.mixing=topk", "method.top_k=2", *FMNIST_EVAL]),
-        ("ddm full", ["experiment=ddm_fmnist_mini", "method.mixing=full", *FMNIST_EVAL]),
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference  # noqa: E402
+
+SWITCH = "experiment=switch_fmnist_mini"
+SUITES: dict[str, list[tuple[str, list[str]]]] = {
+    "tables": [
+        ("monolithic (= switch FM only)", ["experiment=ddm_mono_fmnist_mini"]),
+        ("ddm top1", ["experiment=ddm_fmnist_mini", "method.mixing=top1"]),
+        ("ddm top2", ["experiment=ddm_fmnist_mini", "method.mixing=topk", "method.top_k=2"]),
+        ("ddm full", ["experiment=ddm_fmnist_mini", "method.mixing=full"]),
+        ("hetero top1 (seed003 conv.)", ["experiment=hetero_ddm_fmnist_mini", "method.mixing=top1"]),
         ("hetero top1 (snr_aligned conv.)", ["experiment=hetero_ddm_fmnist_mini", "method.mixing=top1",
-                                             "method.ddpm_objective.conversion=snr_aligned", *FMNIST_EVAL]),
-    ],
-    "gmm": [
-        ("monolithic", ["experiment=ddm_mono_gmm_mini"]),
-        ("ddm top1", ["experiment=ddm_gmm_mini", "method.mixing=top1"]),
-        ("ddm top2", ["experiment=ddm_gmm_mini", "method.mixing=topk", "method.top_k=2"]),
-        ("ddm full", ["experiment=ddm_gmm_mini", "method.mixing=full"]),
-        ("hetero top1 (seed003 conv.)", ["experiment=hetero_ddm_gmm_mini", "method.mixing=top1"]),
-        ("hetero top2 (seed003 conv.)", ["experiment=hetero_ddm_gmm_mini", "method.mixing=topk", "method.top_k=2"]),
-        ("hetero top1 (snr_aligned conv.)", ["experiment=hetero_ddm_gmm_mini", "method.mixing=top1",
                                              "method.ddpm_objective.conversion=snr_aligned"]),
-        ("hetero top1 (seed003 conv., no damping)", ["experiment=hetero_ddm_gmm_mini", "method.mixing=top1",
-                                                     "method.ddpm_objective.damping=none"]),
+        ("switch DDPM->FM only (cosine)", [SWITCH, "method.use=ddpm"]),
+        ("switch combined, diff. schedules (cosine)", [SWITCH]),
+        ("switch combined, same schedule (linear_path)", [SWITCH, "method.ddpm_objective.schedule=linear_path"]),
     ],
+    "threshold": [(f"tau {tau} {order}", [SWITCH, f"method.threshold={tau}", f"method.low_noise={low}"])
+                  for low, order in (("ddpm", "FM->DDPM"), ("fm", "DDPM->FM")) for tau in (0.2, 0.35, 0.5, 0.65, 0.8)],
 }
+REFERENCE_ROW = {"tables": "monolithic (= switch FM only)", "threshold": None}
 
 
-def run(suite: str, seed: int) -> None:
-    """Run every row of ``suite`` with ``train.seed=seed``; append one JSON line per row."""
-    import torch
-
+def run_cell(label: str, overrides: list[str], seed: int) -> dict:
     from harness.config import load
     from harness.experiment import run_experiment
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # a shared 2-core box: threads only contend
-    out = Path(os.environ.get("HARNESS_WORKDIR", "harness_out")) / "results.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for name, ovr in SUITES[suite]:
-        t0 = time.time()
-        res = run_experiment(load([*ovr, f"train.seed={seed}", "run.progress=false", "run.experiment_name=ddm_mini"]))
-        row = {"row": name, "seed": seed, "overrides": ovr, "wall_s": round(time.time() - t0, 1),
-               "units_trained": res["units_trained"], "units_reused": res["units_reused"],
-               "metrics": res["metrics"], "protocol": res["protocol"]}
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(name, seed, row["wall_s"], res["metrics"], flush=True)
+    ovr = [*overrides, f"train.seed={seed}", "run.progress=false", "run.experiment_name=ddm_mini",
+           f"run.name={label}-seed{seed}"]
+    t0 = time.time()
+    res = run_experiment(load(ovr))
+    return {"method": label, "seed": seed, "overrides": ovr, "seconds": round(time.time() - t0, 1),
+            "units_trained": res["units_trained"], "units_reused": res["units_reused"],
+            "metrics": res["metrics"], "protocol": res["protocol"], "run_id": res.get("run_id")}
 
 
-def report(suite: str, paths: list[str]) -> str:
-    """Markdown: mean +- std over seeds of the FD metric per row, and the per-seed values."""
-    rows: dict[str, dict[int, float]] = defaultdict(dict)
-    key = None
-    for p in paths:
-        for line in Path(p).read_text().splitlines():
-            r = json.loads(line)
-            key = key or next(k for k in r["metrics"] if k.startswith(("fd_smallcnn", "fd_raw")))
-            rows[r["row"]][r["seed"]] = r["metrics"][key]
-    seeds = sorted({s for v in rows.values() for s in v})
-    lines = [f"| row | {key} mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-             "|---|---|" + "---|" * len(seeds)]
-    for name, _ in SUITES[suite]:
-        if name not in rows:
-            continue
-        vals = [rows[name][s] for s in seeds if s in rows[name]]
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        cells = " | ".join(f"{rows[name][s]:.3f}" if s in rows[name] else "–" for s in seeds)
-        lines.append(f"| {name} | {statistics.mean(vals):.3f} ± {sd:.3f} | {cells} |")
-    return "\n".join(lines)
+def write_report(log: CellLog, suite: str, path_md: Path, reading: str | None) -> None:
+    rows = log.rows
+    fd = metric_key(rows[0]["metrics"], "fd_cnn_fashion_mnist")
+    div = metric_key(rows[0]["metrics"], "div_cnn_fashion_mnist")
+    seeds = sorted({r["seed"] for r in rows})
+    proto = rows[0]["protocol"]
+    lines = [f"# Seed 003 mini reproduction on Fashion-MNIST: suite `{suite}`", "",
+             f"Generated by `scripts/reproduce_ddm_mini.py --suite {suite}` on {time.strftime('%Y-%m-%d')}. "
+             f"`{fd}`: Frechet distance on the pooled features of a small CNN trained as a Fashion-MNIST classifier "
+             f"(lower is better; **not FID**). `{div}`: mean pairwise cosine distance of the same features (higher = "
+             "more diverse; a stand-in for seed 003's mean pairwise LPIPS, which needs AlexNet weights that cannot "
+             "be downloaded here).", "",
+             "## Protocol", "",
+             "- Unlabelled Fashion-MNIST 28x28, `unet_fmnist_mini` UNets, batch 64, lr 1e-3, EMA 0.98. Monolithic: "
+             "300 steps. DDM: k = 3 k-means clusters of raw pixels, experts 100 steps each (`equal_total`), router "
+             "100 steps (extra, as in the seed). Hetero: expert 0 trains DDPM-eps (cosine), converted at sampling. "
+             "Switch (Tab. 3): a DDPM-eps UNet (300 steps) on all data beside the monolithic FM net (its FM "
+             "expert), Top-1 by native time threshold 0.5 (FM for t' > 0.5, DDPM below) unless the row says "
+             "otherwise; conversion seed003 (clamp 5, alpha_min 0.01, Eq. 31 damping).",
+             f"- sampler {proto.get('sampler')}, NFE {proto.get('nfe')}, {proto.get('n_samples')} samples (sample "
+             f"i = seed i), reference {proto.get('reference_n')} test images, extractor {proto.get('extractor')} "
+             f"({proto.get('weights_source')}, sha256 {str(proto.get('weights_sha256'))[:12]}).",
+             f"- seeds {seeds} (`train.seed`: init, data order, noise, t; k-means seed 0 in every run). "
+             "SE = sample std / sqrt(#seeds); differences are paired per seed.", "",
+             "## Results", "",
+             "| row | " + " | ".join(f"FD seed {s}" for s in seeds) + " | FD mean ± SE | div mean | units trained |",
+             "|---|" + "---|" * len(seeds) + "---|---|---|"]
+    labels = [label for label, _ in SUITES[suite] if any(r["method"] == label for r in rows)]
+    for label in labels:
+        vals = log.values(fd, {"method": label})
+        divs = log.values(div, {"method": label})
+        mu, se = mean_se(list(vals.values()))
+        trained = sum(r["units_trained"] for r in rows if r["method"] == label)
+        lines.append(f"| {label} | " + " | ".join(f"{vals[s]:.3f}" if s in vals else "–" for s in seeds)
+                     + f" | {mu:.3f} ± {se:.2g} | {mean_se(list(divs.values()))[0]:.4f} | {trained} |")
+    ref = REFERENCE_ROW[suite]
+    if ref and len(seeds) > 1:
+        lines += ["", f"| paired FD difference vs {ref} | mean ± SE | seeds where the row is better |", "|---|---|---|"]
+        base = log.values(fd, {"method": ref})
+        for label in labels:
+            if label != ref:
+                mu, se, n, wins = paired_difference(log.values(fd, {"method": label}), base)
+                lines.append(f"| {label} | {mu:+.3f} ± {se:.2g} | {wins}/{n} |")
+    lines += ["", "## Reading", "", reading or "_(to be written after looking at the numbers)_", ""]
+    path_md.write_text("\n".join(lines))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--suite", choices=sorted(SUITES), required=True)
-    r.add_argument("--seed", type=int, required=True)
-    rep = sub.add_parser("report")
-    rep.add_argument("--suite", choices=sorted(SUITES), required=True)
-    rep.add_argument("results", nargs="+")
-    a = ap.parse_args()
-    if a.cmd == "run":
-        run(a.suite, a.seed)
-    else:
-        print(report(a.suite, a.results))
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--reading", default=None, help="text, or a file holding the text, of the Reading section")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    out = ROOT / "results" / "reproduced" / f"ddm_mini_{args.suite}"
+    log = CellLog(out.with_suffix(".json"))
+    if not args.report_only:
+        for seed in args.seeds:
+            for label, overrides in SUITES[args.suite]:
+                if not log.done(method=label, seed=seed):
+                    log.add(run_cell(label, overrides, seed))
+                    print(f"{label} seed {seed}: {log.rows[-1]['metrics']} ({log.rows[-1]['seconds']} s)", flush=True)
+    reading = Path(args.reading).read_text() if args.reading and Path(args.reading).exists() else args.reading
+    write_report(log, args.suite, out.with_suffix(".md"), reading)
+    print(f"wrote {out.with_suffix('.md')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
