@@ -25,10 +25,9 @@ def pareto_front(rows: Sequence[Row]) -> list[Row]:
 def plot_pareto(rows: Sequence[Row], path: Path | str, *, metric_label: str, gflops_label: str = "GFLOPs per image",
                 title: str = "") -> Path:
     """Scatter every row (one colour per method label) and draw the Pareto front; writes a PNG."""
-    import matplotlib
+    from harness.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +44,4 @@ def plot_pareto(rows: Sequence[Row], path: Path | str, *, metric_label: str, gfl
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=120)

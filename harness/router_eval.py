@@ -37,10 +37,9 @@ def accuracy_curve(router: Router, x1: torch.Tensor, ids: torch.Tensor, ts: Sequ
 
 def plot_accuracy_curve(curve: list[dict[str, float]], path: Path, title: str = "router accuracy vs t") -> Path:
     """PNG of accuracy vs t (harness time: 0 noise, 1 data) with the chance level."""
-    import matplotlib
+    from harness.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot([c["t"] for c in curve], [c["accuracy"] for c in curve], marker="o", label="router")
@@ -50,8 +49,4 @@ def plot_accuracy_curve(curve: list[dict[str, float]], path: Path, title: str = 
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=100)

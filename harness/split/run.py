@@ -99,10 +99,9 @@ def compute_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent
 
 def plot_split(result: Mapping[str, Any], path: Path) -> Path:
     """PNG of the monitor curve with the boundaries marked."""
-    import matplotlib
+    from harness.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
     ax.plot(result["grid"], result["curve"], lw=1.5, label=f"m(t): {result['monitor']}")
@@ -113,11 +112,7 @@ def plot_split(result: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("monitor")
     ax.set_title(f"N = {result['n']}, field = {result['field']}")
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def run_split(cfg: Mapping[str, Any]) -> dict[str, Any]:

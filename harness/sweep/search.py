@@ -340,10 +340,9 @@ def search_report(sweep, echo: Callable[..., Any] = print) -> dict[str, Any]:
 
 def plot_distribution(report: Mapping[str, Any], path: Path, name: str) -> Path:
     """Histogram of the completed trials' scores with the reference (CBS's own split) marked."""
-    import matplotlib
+    from harness.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=120)
     ax.hist(report["values"], bins=max(5, min(30, len(report["values"]))), color="C0", alpha=0.8, label="trials")
@@ -354,8 +353,4 @@ def plot_distribution(report: Mapping[str, Any], path: Path, name: str) -> Path:
     ax.set_ylabel("trials")
     ax.set_title(f"search {name}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -90,10 +90,9 @@ def plot(sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]
     done = [r for r in rows if r["value"] is not None and x in r["delta"]]
     if x is None or not done:
         return None
-    import matplotlib
+    from harness.figures import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups: dict[str, list] = {}
     shared = [r for r in done if hue and str(r["delta"].get(hue)) == "-"]
@@ -110,11 +109,7 @@ def plot(sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]
     ax.set_title(f"sweep {sweep.spec.name}")
     if hue:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def finish_summary(sweep, run_id: Optional[str], echo: Callable[..., Any] = print) -> dict[str, Any]:

@@ -18,21 +18,15 @@ from harness.tables.compare import ci95, latest_per_seed, metric_columns, metric
 
 
 def _plt():
-    import matplotlib
+    from harness.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
-    return path
+    from harness.figures import save_png
+
+    return save_png(fig, path)
 
 
 def aggregate(df: pd.DataFrame, x: str, y: str, group: Optional[str] = None) -> pd.DataFrame:
