@@ -16,6 +16,7 @@ Writes ``results/reproduced/ddm_mini_<suite>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,12 +46,17 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
 REFERENCE_ROW = {"tables": "monolithic (= switch FM only)", "threshold": None}
 
 
+def slug(label: str) -> str:
+    """A run name Hydra's override grammar accepts (no spaces, brackets or '>')."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", label).strip("_")
+
+
 def run_cell(label: str, overrides: list[str], seed: int) -> dict:
     from harness.config import load
     from harness.experiment import run_experiment
 
     ovr = [*overrides, f"train.seed={seed}", "run.progress=false", "run.experiment_name=ddm_mini",
-           f"run.name={label}-seed{seed}"]
+           f"run.name={slug(label)}-seed{seed}"]
     t0 = time.time()
     res = run_experiment(load(ovr))
     return {"method": label, "seed": seed, "overrides": ovr, "seconds": round(time.time() - t0, 1),
