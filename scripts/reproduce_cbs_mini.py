@@ -13,7 +13,6 @@ Writes ``results/reproduced/cbs_mini.json`` (every cell, with its protocol) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import mean_se, metric_key  # noqa: E402
+from harness.tables.cells import CellLog, mean_se, metric_key  # noqa: E402
 
 METRIC_TEXT = {
     "fd_cnn_fashion_mnist": "Frechet distance on the pooled features of a small CNN trained as a Fashion-MNIST "
@@ -122,14 +121,11 @@ def main() -> int:
     from harness.experiment import run_experiment
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path_json = out.with_suffix(".json")
-    rows = json.loads(path_json.read_text()) if path_json.exists() else []
-    done = {(r["method"], r["seed"]) for r in rows}
+    log = CellLog(out.with_suffix(".json"))
     if not args.report_only:
         for seed in args.seeds:
             for method in METHODS:
-                if (method, seed) in done:
+                if log.done(method=method, seed=seed):
                     continue
                 cfg = load(cell_overrides(method, seed, args))
                 t0 = time.time()
@@ -137,15 +133,14 @@ def main() -> int:
                 from harness.experiment import method_for
 
                 boundaries = method_for(cfg).describe().get("boundaries") if method != "monolithic" else None
-                rows.append({"method": method, "seed": seed, "metrics": result["metrics"], "protocol": result["protocol"],
-                             "boundaries": boundaries, "run_id": result["run_id"], "seconds": round(time.time() - t0, 1),
-                             "batch_size": cfg["train"]["batch_size"], "aux_steps": cfg["split"]["aux_steps"],
-                             "data": cfg["data"]["name"], "backbone": cfg["backbone"]["name"],
-                             "params": _param_count(cfg),
-                             "overrides": cell_overrides(method, seed, args)})
-                path_json.write_text(json.dumps(rows, indent=1, default=str))
-                print(f"{method} seed {seed}: {result['metrics']} ({rows[-1]['seconds']} s)", flush=True)
-    write_report(rows, args, out.with_suffix(".md"))
+                log.add({"method": method, "seed": seed, "metrics": result["metrics"], "protocol": result["protocol"],
+                         "boundaries": boundaries, "run_id": result["run_id"], "seconds": round(time.time() - t0, 1),
+                         "batch_size": cfg["train"]["batch_size"], "aux_steps": cfg["split"]["aux_steps"],
+                         "data": cfg["data"]["name"], "backbone": cfg["backbone"]["name"],
+                         "params": _param_count(cfg), "overrides": cell_overrides(method, seed, args)})
+                print(f"{method} seed {seed}: {result['metrics']} ({log.rows[-1]['seconds']} s)", flush=True)
+    log.check_same_protocol("weights_sha256")
+    write_report(log.rows, args, out.with_suffix(".md"))
     print(f"wrote {out.with_suffix('.md')}")
     return 0
 

@@ -66,6 +66,7 @@ def run_cell(label: str, overrides: list[str], seed: int) -> dict:
 
 def write_report(log: CellLog, suite: str, path_md: Path, reading: str | None) -> None:
     rows = log.rows
+    log.check_same_protocol("weights_sha256")
     fd = metric_key(rows[0]["metrics"], "fd_cnn_fashion_mnist")
     div = metric_key(rows[0]["metrics"], "div_cnn_fashion_mnist")
     seeds = sorted({r["seed"] for r in rows})

@@ -56,3 +56,18 @@ def test_trained_cnn_is_cached_by_content_and_reloaded_without_training(cache):
     other = SmallCNN(train_on="digits", epochs=3, resolution=8, batch_size=64)
     assert other.weights_sha256 != first.weights_sha256
     assert len(list((cache / "extractors").glob("smallcnn-digits-*.pt"))) == 2
+
+
+def test_trained_weights_do_not_depend_on_the_callers_thread_count(tmp_path, monkeypatch):
+    """The classifier trains on one thread whatever torch.get_num_threads() is, and restores the caller's setting."""
+    before = torch.get_num_threads()
+    shas = []
+    try:
+        for threads in (1, 2):
+            monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / f"cache{threads}"))
+            torch.set_num_threads(threads)
+            shas.append(SmallCNN(train_on="digits", epochs=2, resolution=16, batch_size=32).weights_sha256)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert shas[0] == shas[1]

@@ -73,6 +73,21 @@ class CellLog:
         tmp.write_text(json.dumps(self.rows, indent=1, default=str))
         os.replace(tmp, self.path)
 
+    def check_same_protocol(self, key: str = "weights_sha256") -> str:
+        """The one value of ``protocol[key]`` across all cells; SystemExit naming the cells when they differ.
+
+        A metric is comparable across cells only under one extractor: FDs from two differently trained
+        classifiers must not share a table, so this fails instead of averaging them.
+        """
+        groups: dict[str, list[str]] = {}
+        for r in self.rows:
+            groups.setdefault(str(r["protocol"].get(key)), []).append(f"{r['method']}/seed {r['seed']}")
+        if len(groups) > 1:
+            detail = "; ".join(f"{v[:12]}: {', '.join(cells)}" for v, cells in groups.items())
+            raise SystemExit(f"{self.path}: cells were scored with different protocol.{key} ({detail}); delete the "
+                             "odd cells from the JSON and re-run them so every cell uses one extractor")
+        return next(iter(groups))
+
     def values(self, metric: str, where: Mapping[str, Any]) -> dict[int, float]:
         """``{seed: metric}`` for the rows matching ``where`` (one row per seed)."""
         return {r["seed"]: r["metrics"][metric] for r in self.rows
