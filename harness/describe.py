@@ -24,10 +24,14 @@ NOMINAL = {
 def data_shape(node: Mapping[str, Any]) -> tuple[tuple[int, ...], int, str]:
     """(shape, num_classes, source) of a data node after its resolution/channels transforms."""
     name = node["name"]
+    if name == "unlabelled":                      # the base data's shape, without classes
+        shape, _, source = data_shape(node["base"])
+        return shape, 0, source
+    if name == "image_folder":                    # counting needs no images: ImageNet-style folders assumed
+        side = int(node.get("resolution") or node.get("image_size") or 32)
+        return (int(node.get("channels") or 3), side, side), 1000, "nominal (image_folder: 1000 classes assumed)"
     if name in NOMINAL:
         shape, classes = NOMINAL[name]
-        if name == "image_folder":
-            pass
         c, h, w = shape
         if node.get("channels"):
             c = int(node["channels"])

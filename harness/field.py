@@ -85,11 +85,22 @@ class Piecewise(Field):
             return self.fields[bisect.bisect_right(self.boundaries, float(t))](x, t, y)
         return super().__call__(x, t, y)
 
+    def _meta_expert(self) -> Field:
+        """On the meta device t has no values (a wrapper such as guidance made it a tensor): FLOPs then come from
+        shapes alone, so any expert answers when all have the same parameter shapes; otherwise it is an error."""
+        shapes = [tuple(tuple(p.shape) for p in f.model.parameters()) if isinstance(f, Net) else None for f in self.fields]
+        if None in shapes or len(set(shapes)) > 1:
+            raise RuntimeError("Piecewise on the meta device cannot pick an expert from a value-less t, and its "
+                               "experts differ in size; call it with a Python-float t")
+        return self.fields[0]
+
     def expert_index(self, t: torch.Tensor) -> torch.Tensor:
         """Index (B,) of the expert owning each t: the number of boundaries <= t."""
         return torch.bucketize(t.detach().to(torch.float64).cpu(), self._edges, right=True).to(t.device)
 
     def velocity(self, x, t, y=None):
+        if t.device.type == "meta":
+            return self._meta_expert()(x, t, y)
         idx = self.expert_index(t)
         if bool((idx == idx[0]).all()):
             return self.fields[int(idx[0])](x, t, y)

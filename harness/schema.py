@@ -207,6 +207,7 @@ class SplitConfig:
     field: str = "aux"
     aux_fraction: float = 0.1
     aux_steps: Optional[int] = None
+    aux_backbone: Optional[dict] = None   # null = the experts' backbone; seed 000 Sec. 4.5: a smaller net suffices
     seed: int = 0
 
     def check(self, p: str) -> None:
@@ -222,6 +223,12 @@ class SplitConfig:
         if self.n > self.grid:
             raise ConfigError(f"{p}.n={self.n} exceeds {p}.grid={self.grid}", hint="raise split.grid")
         registry("monitor").get(self.monitor)
+        if self.aux_backbone is not None:
+            if not isinstance(self.aux_backbone, dict) or "name" not in self.aux_backbone:
+                raise ConfigError(f"{p}.aux_backbone must be a backbone node with a name, got {self.aux_backbone!r}",
+                                  hint="e.g. split.aux_backbone={name: sit, depth: 12, hidden_size: 384, num_heads: 6, "
+                                       "patch_size: 2}, or null for the experts' backbone")
+            registry("backbone").get(self.aux_backbone["name"])
 
 
 SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "paths": PathsConfig, "run": RunConfig,

@@ -42,3 +42,39 @@ def test_cbs_bad_boundaries_are_config_errors(tmp_path):
         cfg_for(tmp_path, "method=cbs", "method.n=3", "method.boundaries=[0.5]")
     with pytest.raises(ConfigError, match="Unknown monitor 'curvature'"):
         cfg_for(tmp_path, "method=cbs", "method.monitor=curvature")
+
+
+def test_aux_backbone_is_the_aux_units_network_and_is_checked(tmp_path):
+    """Seed 000 Sec. 4.5: the aux model may be a smaller network than the experts."""
+    from harness.errors import ConfigError
+    from harness.split.run import aux_unit
+
+    same = aux_unit(cfg_for(tmp_path, "method=cbs"))
+    small = aux_unit(cfg_for(tmp_path, "method=cbs", "split.aux_backbone={name: mlp, width: 16, depth: 2}"))
+    assert small.backbone == {"name": "mlp", "width": 16, "depth": 2} and same.backbone["width"] == 128
+    assert small.hash != same.hash and small.data == same.data and small.train == same.train
+    with pytest.raises(ConfigError, match="split.aux_backbone must be a backbone node with a name"):
+        cfg_for(tmp_path, "method=cbs", "split.aux_backbone={depth: 2}")
+    with pytest.raises(ConfigError, match="resnet"):
+        cfg_for(tmp_path, "method=cbs", "split.aux_backbone={name: resnet}")
+
+
+FULL_SCALE = [("cbs_sit_xl2_imagenet256", "data.root={d}", 674.8), ("cbs_sit_xl2_imagenet256_cfg", "data.root={d}", 674.8),
+              ("cbs_sit_b2_imagenet256", "data.root={d}", 130.3), ("cbs_jit_b4_imagenet64", "data.root={d}", 130.4),
+              ("cbs_unet_cifar10", "data.base.root={d}", 35.75)]
+
+
+@pytest.mark.parametrize("name,root,params_m", FULL_SCALE)
+def test_full_scale_cbs_setups_validate_and_count_without_data(tmp_path, name, root, params_m):
+    """Seed 000 Tab. 1-3 setups: every expert has the monolithic size; the SiT aux model is SiT-S/2."""
+    from harness.describe import describe_experiment
+
+    cfg = load_in(tmp_path, f"experiment={name}", root.format(d=tmp_path))
+    assert cfg["method"]["name"] == "cbs" and cfg["method"]["n"] == 3 and cfg["method"]["budget"] == "per_expert"
+    info = describe_experiment(cfg)
+    experts = [r for role, r in info["units"].items() if role.startswith("expert")]
+    assert len(experts) == 3 and all(abs(r["params"] / 1e6 - params_m) < 0.1 for r in experts)
+    if "sit" in name:
+        assert cfg["split"]["aux_backbone"]["hidden_size"] == 384 and cfg["split"]["aux_steps"] == 50000
+    if name.endswith("_cfg"):
+        assert cfg["guidance"]["name"] == "cfg" and info.get("guidance")

@@ -65,3 +65,28 @@ def test_piecewise_float_time_picks_the_same_expert_as_tensor_time_and_runs_on_m
         assert torch.equal(pw(x, t), pw(x, torch.full((2,), t)))
     meta = Piecewise([Exact(lambda x, t, y: x * 2)] * 2, [0.5])
     assert meta(torch.empty(4, 3, device="meta"), 0.7).device.type == "meta"
+
+
+def test_piecewise_with_value_less_meta_time_counts_equal_experts_and_refuses_unequal_ones():
+    """A wrapper (e.g. CFG) turns a float t into a meta tensor: FLOPs of equal-size experts still count."""
+    from harness.field import Net
+    from harness.objectives import build_objective
+
+    fm = build_objective({"name": "flow_matching"})
+
+    class Lin(torch.nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2) if d == 2 else torch.nn.Sequential(torch.nn.Linear(2, d), torch.nn.Linear(d, 2))
+
+        def forward(self, x, t, y=None):
+            return self.lin(x)
+
+    with torch.device("meta"):
+        x, t = torch.empty(4, 2), torch.empty(4)
+        same = Piecewise([Net(Lin(2), fm), Net(Lin(2), fm)], [0.5])
+        assert same(x, t).shape == (4, 2) and same(x, t).device.type == "meta"
+        mixed = Piecewise([Net(Lin(2), fm), Net(Lin(8), fm)], [0.5])
+        with pytest.raises(RuntimeError, match="experts differ in size"):
+            mixed(x, t)
+        assert mixed(x, 0.7).shape == (4, 2)            # a float t still picks its expert
