@@ -10,6 +10,12 @@
    to keep (seed 000, Tab. 1 "same per-step GFLOPs").
 
     .venv/bin/python benchmarks/cbs_cost.py [experiment=cbs_fmnist_mini] [--repeats 5]
+    .venv/bin/python benchmarks/cbs_cost.py --full-scale     # FLOP ratios of the seed-000 full-scale setups
+
+3. ``--full-scale``: the same fraction for the full-scale configs, from FLOPs counted on the meta
+   device (no data, no GPU): aux training = aux_steps x batch x 3 forward FLOPs of the aux network
+   (forward + backward ~ 3 forwards, as for the experts, so the factor cancels), monitor = K trajectories
+   x (grid + 1) NFE x 1 forward, experts = N x steps x batch x 3 forward FLOPs of one expert.
 """
 from __future__ import annotations
 
@@ -43,7 +49,44 @@ def step_time(model, data, batch_size: int, steps: int = 12) -> float:
     return statistics.median(times)
 
 
+FULL_SCALE = [("cbs_sit_xl2_imagenet256", "data.root"), ("cbs_sit_b2_imagenet256", "data.root"),
+              ("sit_s2_imagenet256_cbs", "data.root"), ("cbs_jit_b4_imagenet64", "data.root"),
+              ("cbs_unet_cifar10", "data.base.root")]
+
+
+def full_scale() -> int:
+    """Boundary-estimation FLOPs / expert-training FLOPs for each full-scale CBS config (meta-device counts)."""
+    import tempfile
+
+    from harness.backbones.flops import describe
+    from harness.config import load
+    from harness.describe import data_shape
+    from harness.split.run import aux_unit
+    from harness.units import build_backbone
+
+    root = tempfile.mkdtemp()
+    print("| experiment | expert GFLOPs/fwd | aux backbone | aux GFLOPs/fwd | aux steps | N x steps | "
+          "aux / experts | monitor / experts | total |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, key in FULL_SCALE:
+        cfg = load([f"experiment={name}", f"{key}={root}"])
+        shape, classes, _ = data_shape(cfg["data"])
+        expert = describe(lambda: build_backbone(cfg["backbone"], shape, classes), shape)["gflops_fmac"]
+        aux = aux_unit(cfg)
+        aux_g = describe(lambda: build_backbone(aux.backbone, shape, classes), shape)["gflops_fmac"]
+        s, n, bs = cfg["split"], int(cfg["method"]["n"]), int(cfg["train"]["batch_size"])
+        experts = n * int(cfg["train"]["steps"]) * bs * 3 * expert
+        aux_f = int(aux.train["steps"]) * bs * 3 * aux_g
+        monitor = int(s["trajectories"]) * (int(s["grid"]) + 1) * aux_g
+        aux_name = "same" if aux.backbone == cfg["backbone"] else f"{aux.backbone['name']} {aux.backbone.get('hidden_size', '')}"
+        print(f"| {name} | {expert:.2f} | {aux_name} | {aux_g:.2f} | {aux.train['steps']} | {n} x {cfg['train']['steps']} "
+              f"| {aux_f / experts:.4%} | {monitor / experts:.5%} | {(aux_f + monitor) / experts:.3%} |")
+    return 0
+
+
 def main() -> int:
+    if "--full-scale" in sys.argv:
+        return full_scale()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", default=["experiment=cbs_fmnist_mini"])
     p.add_argument("--repeats", type=int, default=5)
