@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import CellLog, mean_se, metric_key  # noqa: E402
+from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference, reading_section  # noqa: E402
 
 METRIC_TEXT = {
     "fd_cnn_fashion_mnist": "Frechet distance on the pooled features of a small CNN trained as a Fashion-MNIST "
@@ -82,22 +82,16 @@ def write_report(rows: list[dict], args, path_md: Path) -> None:
         mu, se = mean_se(vals)
         lines.append(f"| {m} | " + " | ".join(f"{v:.4g}" for v in vals) + f" | {mu:.4g} ± {se:.2g} |")
     lines += ["", "| paired difference | mean ± SE | seeds where first < second |", "|---|---|---|"]
-    diffs = {}
     for a, b in (("cbs", "naive"), ("naive", "monolithic"), ("cbs", "monolithic")):
-        d = [by[(a, s)]["metrics"][metric] - by[(b, s)]["metrics"][metric] for s in seeds if (a, s) in by and (b, s) in by]
-        if len(d) == len(seeds):
-            mu, se = mean_se(d)
-            diffs[(a, b)] = (mu, se)
-            lines.append(f"| {a} − {b} | {mu:+.3g} ± {se:.2g} ({mu / se if se else float('nan'):+.1f} SE) | "
-                         f"{sum(x < 0 for x in d)}/{len(d)} |")
+        mu, se, n, wins = paired_difference({s: by[(a, s)]["metrics"][metric] for s in seeds},
+                                            {s: by[(b, s)]["metrics"][metric] for s in seeds})
+        lines.append(f"| {a} − {b} | {mu:+.3g} ± {se:.2g} ({mu / se if se else float('nan'):+.1f} SE) | {wins}/{n} |")
     lines += ["", "## Boundaries", "", "| seed | naive | CBS (acceleration, aux model) |", "|---|---|---|"]
     for s in seeds:
         nb = [round(b, 3) for b in by.get(("naive", s), {}).get("boundaries") or []]
         cb = [round(b, 3) for b in by.get(("cbs", s), {}).get("boundaries") or []]
         lines.append(f"| {s} | {nb} | {cb} |")
-    reading = Path(args.reading).read_text() if args.reading and Path(args.reading).exists() else args.reading
-    lines += ["", "## Reading", "", reading or "_(to be written after looking at the numbers)_", ""]
-    path_md.write_text("\n".join(lines))
+    path_md.write_text("\n".join(lines + reading_section(args.reading)))
 
 
 def main() -> int:

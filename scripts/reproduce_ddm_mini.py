@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference  # noqa: E402
+from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference, reading_section  # noqa: E402
 
 SWITCH = "experiment=switch_fmnist_mini"
 SUITES: dict[str, list[tuple[str, list[str]]]] = {
@@ -108,8 +108,7 @@ def write_report(log: CellLog, suite: str, path_md: Path, reading: str | None) -
             if label != ref:
                 mu, se, n, wins = paired_difference(log.values(fd, {"method": label}), base)
                 lines.append(f"| {label} | {mu:+.3f} ± {se:.2g} | {wins}/{n} |")
-    lines += ["", "## Reading", "", reading or "_(to be written after looking at the numbers)_", ""]
-    path_md.write_text("\n".join(lines))
+    path_md.write_text("\n".join(lines + reading_section(reading)))
 
 
 def main() -> int:
@@ -127,8 +126,7 @@ def main() -> int:
                 if not log.done(method=label, seed=seed):
                     log.add(run_cell(label, overrides, seed))
                     print(f"{label} seed {seed}: {log.rows[-1]['metrics']} ({log.rows[-1]['seconds']} s)", flush=True)
-    reading = Path(args.reading).read_text() if args.reading and Path(args.reading).exists() else args.reading
-    write_report(log, args.suite, out.with_suffix(".md"), reading)
+    write_report(log, args.suite, out.with_suffix(".md"), args.reading)
     print(f"wrote {out.with_suffix('.md')}")
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference  # noqa: E402
+from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference, reading_section  # noqa: E402
 
 VARIANTS = {"dense": "dense_moe_mini_fmnist", "tc_moe": "tc_moe_mini_fmnist", "ec_moe": "ec_moe_mini_fmnist",
             "diffmoe": "diffmoe_mini_fmnist"}
@@ -93,9 +93,7 @@ def write_report(log: CellLog, args: argparse.Namespace, path_md: Path) -> None:
     for a, b in PAIRS:
         mu, se, n, wins = paired_difference(log.values(metric, {"method": a}), log.values(metric, {"method": b}))
         lines.append(f"| {a} − {b} | {mu:+.3f} ± {se:.2g} | {wins}/{n} |")
-    reading = Path(args.reading).read_text() if args.reading and Path(args.reading).exists() else args.reading
-    lines += ["", "## Reading", "", reading or "_(to be written after looking at the numbers)_", ""]
-    path_md.write_text("\n".join(lines))
+    path_md.write_text("\n".join(lines + reading_section(args.reading)))
 
 
 def main() -> int:

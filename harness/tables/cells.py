@@ -44,6 +44,13 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[f
     return mu, se, len(d), sum(x < 0 for x in d)
 
 
+def reading_section(reading: str | None) -> list[str]:
+    """The report's closing "Reading" lines; ``reading`` is the text itself or the path of a file holding it."""
+    if reading and Path(reading).exists():
+        reading = Path(reading).read_text()
+    return ["", "## Reading", "", reading or "_(to be written after looking at the numbers)_", ""]
+
+
 class CellLog:
     """Finished cells of a reproduction, one dict each, persisted to ``path`` after every ``add``."""
 
