@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-from harness.errors import ConfigError
-from harness.guidance import Branch, ScaledGuidance
-from harness.method import net_field
-from harness.registry import register
-from harness.units import UnitSpec, unit_from_config
+from harness.core.errors import ConfigError
+from harness.field.guided import Branch
+from harness.api.guidance import ScaledGuidance
+from harness.api.method import net_field
+from harness.core.registry import register
+from harness.train.units import UnitSpec, unit_from_config
 
 WEAK_ROLE = "guidance/weak"
 

@@ -5,8 +5,9 @@ Needs labelled data and a null class trained by label dropout (``train.label_dro
 """
 from __future__ import annotations
 
-from harness.guidance import Branch, ScaledGuidance, require_null_class
-from harness.registry import register
+from harness.field.guided import Branch
+from harness.api.guidance import ScaledGuidance, require_null_class
+from harness.core.registry import register
 
 
 @register("guidance", "cfg")

@@ -19,20 +19,24 @@ match as printed (256 -> 32 per expert).  Both spend the monolithic model's trai
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 
+from harness.api.method import Method, net_field
 from harness.baselines.naive_split import BUDGETS as SPLIT_BUDGETS, expert_steps
-from harness.errors import ConfigError
-from harness.field import Field
-from harness.method import Method, net_field
-from harness.mixture import Mixture, NetRouter, check_mixing
-from harness.partition import METRICS, PIXELS, PRECOMPUTED, Clustering, cluster_dataset
-from harness.registry import register
-from harness.units import UnitSpec
+from harness.clusters.partition import (METRICS, PIXELS, PRECOMPUTED, Clustering, assign, build_feature_extractor,
+                                        cluster_dataset, features_of)
+from harness.clusters.router_eval import accuracy_curve, plot_accuracy_curve
+from harness.core.errors import ConfigError
+from harness.core.registry import register, registry
+from harness.data.cache import DatasetCache
+from harness.field.base import Field
+from harness.field.mixture import Mixture, NetRouter, check_mixing
+from harness.train.units import UnitSpec
 
 # equal_total_batch: seed 003 Sec. 3.2's equal-FLOPs protocol as printed (each expert train.steps steps at
 # batch train.batch_size // k, e.g. 256 / 8 = 32), beside equal_total (train.steps // k steps at full batch).
@@ -75,12 +79,11 @@ class DDM(Method):
         self._router_model: Optional[torch.nn.Module] = None
         self._report: Optional[dict[str, Any]] = None
         self._tracker, self._parent_id, self._datasets = None, None, None
+        self._stand_in_clustering = False
 
     # ------------------------------------------------------------------ config
     @classmethod
     def check_config(cls, cfg) -> None:
-        from harness.registry import registry
-
         m = cfg["method"]
         k = int(m.get("k", 4))
         if k < 2:
@@ -111,10 +114,19 @@ class DDM(Method):
     def store(self) -> str:
         return str(Path(self.cfg["paths"]["workdir"]) / "clusters")
 
+    def needs_prepare(self) -> bool:
+        return self.clustering is None   # the experts' data nodes name the clustering's hash
+
+    def stand_in(self) -> "DDM":
+        """Before clustering: experts on a placeholder clustering (their networks do not depend on it)."""
+        if self.clustering is not None:
+            return self
+        other = copy.copy(self)
+        other._stand_in_clustering = True
+        return other
+
     def prepare(self, *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> None:
         """Features -> k-means -> cluster ids, cached under ``<workdir>/clusters/<hash>/``."""
-        from harness.experiment import DatasetCache
-
         self._datasets = datasets or DatasetCache()
         self._tracker, self._parent_id = tracker, parent_id
         data = self._datasets.get(self.cfg["data"])
@@ -124,9 +136,10 @@ class DDM(Method):
 
     def cluster_node(self, cluster: Optional[int], labels: str) -> dict[str, Any]:
         """The data node of one cluster (or all data), naming the clustering by hash."""
-        if self.clustering is None:
+        if self.clustering is None and not self._stand_in_clustering:
             raise RuntimeError("DDM units before prepare(): the experts' data come from the clustering")
-        return {"name": "cluster_subset", "base": dict(self.cfg["data"]), "clustering": self.clustering.hash,
+        clustering = "(not yet clustered)" if self.clustering is None else self.clustering.hash
+        return {"name": "cluster_subset", "base": dict(self.cfg["data"]), "clustering": clustering,
                 "store": self.store(), "cluster": cluster, "labels": labels}
 
     def expert_objective(self, i: int) -> dict[str, Any]:
@@ -162,9 +175,6 @@ class DDM(Method):
         if self._router_model is None or self.clustering is None:
             return None
         if self._report is None:
-            from harness.partition import assign, build_feature_extractor, features_of
-            from harness.router_eval import accuracy_curve, plot_accuracy_curve
-
             held = self._heldout()
             x1 = held.x[: self.accuracy_n]
             feats = features_of(held.head(len(x1)), build_feature_extractor(self.features, self.features_kwargs))

@@ -17,7 +17,7 @@ from torch import nn
 
 from harness.backbones.moe import (ExpertBank, MoEFFN, check_capacity, check_experts, expert_width,
                                    tokens_per_expert)
-from harness.registry import register
+from harness.core.registry import register
 
 
 @register("ffn", "ec_moe")

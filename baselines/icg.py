@@ -5,8 +5,9 @@ the unconditional one).
 """
 from __future__ import annotations
 
-from harness.guidance import Branch, ScaledGuidance, require_labels
-from harness.registry import register
+from harness.field.guided import Branch
+from harness.api.guidance import ScaledGuidance, require_labels
+from harness.core.registry import register
 
 
 @register("guidance", "icg")

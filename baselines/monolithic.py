@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from harness.field import Field
-from harness.method import Method, net_field
-from harness.registry import register
-from harness.units import UnitSpec, unit_from_config
+from harness.api.method import Method, net_field
+from harness.core.registry import register
+from harness.train.units import UnitSpec, unit_from_config
 
 
 @register("method", "monolithic")
 class Monolithic(Method):
+    time_experts = 1  # one network for every t: the N = 1 row of seed 000's tables
+
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
 

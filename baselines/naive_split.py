@@ -3,15 +3,19 @@
 Budget is a protocol choice recorded with the result: ``per_expert`` gives each expert
 the monolithic schedule (seed 000 trains sub-networks "with the same default
 hyperparameters" and compares at equal per-step inference cost); ``equal_total`` makes
-the N experts share the monolithic number of steps.
+the N experts share the monolithic number of steps.  CBS (``methods/cbs.py``) is this method
+with boundaries from a monitor instead of the uniform ones.
 """
 from __future__ import annotations
 
-from harness.errors import ConfigError
-from harness.field import Field, Piecewise, intervals_from_boundaries
-from harness.method import Method, net_field
-from harness.registry import register
-from harness.units import UnitSpec, unit_from_config
+from typing import Any, Mapping
+
+from harness.api.method import Method, net_field
+from harness.core.errors import ConfigError
+from harness.core.intervals import intervals_from_boundaries, uniform_boundaries
+from harness.core.registry import register
+from harness.field.base import Field, Piecewise
+from harness.train.units import UnitSpec, unit_from_config
 
 BUDGETS = ("per_expert", "equal_total")
 
@@ -52,26 +56,30 @@ def joint_unit(cfg, boundaries: list[float], budget: str) -> dict[str, UnitSpec]
     return {"experts": spec}
 
 
-def check_training(m) -> None:
-    if m.get("training", "independent") not in TRAININGS:
-        raise ConfigError(f"method.training must be one of {', '.join(TRAININGS)}, got {m.get('training')!r}")
-
-
 @register("method", "naive_split")
 class NaiveSplit(Method):
+    """Expert i on [i/N, (i+1)/N); subclasses decide the boundaries (:attr:`boundaries`) another way."""
+
+    default_n = 2
+
     def __init__(self, cfg, n: int = 2, budget: str = "per_expert", training: str = "independent") -> None:
         super().__init__(cfg)
         self.n, self.budget, self.training = int(n), budget, training
-        self.boundaries = [i / self.n for i in range(1, self.n)]
+        self.boundaries = uniform_boundaries(self.n)
+
+    @property
+    def time_experts(self) -> int:  # type: ignore[override]
+        return self.n
 
     @classmethod
-    def check_config(cls, cfg) -> None:
+    def check_config(cls, cfg: Mapping[str, Any]) -> None:
         m = cfg["method"]
-        if int(m.get("n", 2)) < 1:
+        if int(m.get("n", cls.default_n)) < 1:
             raise ConfigError(f"method.n must be >= 1, got {m.get('n')}")
         if m.get("budget", "per_expert") not in BUDGETS:
             raise ConfigError(f"method.budget must be one of {', '.join(BUDGETS)}, got {m.get('budget')!r}")
-        check_training(m)
+        if m.get("training", "independent") not in TRAININGS:
+            raise ConfigError(f"method.training must be one of {', '.join(TRAININGS)}, got {m.get('training')!r}")
 
     def units(self) -> dict[str, UnitSpec]:
         if self.training == "joint" and self.n > 1:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from harness.backbones.moe import ExpertBank, MoEFFN, check_capacity, check_experts, expert_width, ffn_key
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 
 @register("ffn", "tc_moe")

@@ -58,11 +58,11 @@ def full_scale() -> int:
     """Boundary-estimation FLOPs / expert-training FLOPs for each full-scale CBS config (meta-device counts)."""
     import tempfile
 
-    from harness.backbones.flops import describe
+    from harness.backbones.size import describe
     from harness.config import load
-    from harness.describe import data_shape
-    from harness.split.run import aux_unit
-    from harness.units import build_backbone
+    from harness.data.shapes import data_shape
+    from harness.pipeline.split import aux_unit
+    from harness.backbones.build import build_backbone
 
     root = tempfile.mkdtemp()
     print("| experiment | expert GFLOPs/fwd | aux backbone | aux GFLOPs/fwd | aux steps | N x steps | "
@@ -98,8 +98,8 @@ def main() -> int:
     from harness.data.base import build_dataset
     from harness.field import Net, Piecewise
     from harness.objectives import build_objective
-    from harness.registry import get
-    from harness.units import build_backbone
+    from harness.core.registry import get
+    from harness.backbones.build import build_backbone
 
     cfg = load(list(args.overrides))
     data = build_dataset(cfg["data"])

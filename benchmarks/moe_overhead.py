@@ -25,7 +25,7 @@ SHAPE, CLASSES = (1, 28, 28), 10
 
 def build(experiment: str, device: torch.device) -> torch.nn.Module:
     from harness.config import load
-    from harness.units import build_backbone
+    from harness.backbones.build import build_backbone
 
     torch.manual_seed(0)
     return build_backbone(load([f"experiment={experiment}"])["backbone"], SHAPE, CLASSES).to(device).train()

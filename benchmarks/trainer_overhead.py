@@ -24,7 +24,7 @@ def harness_time(cfg, steps: int, workdir: Path, track: bool) -> float:
     from harness.data.base import build_dataset
     from harness.track import Tracker
     from harness.train import train_unit
-    from harness.units import unit_from_config
+    from harness.train.units import unit_from_config
 
     data = build_dataset(cfg["data"])
     spec = unit_from_config(cfg, label="bench", steps=steps)
@@ -37,7 +37,7 @@ def harness_time(cfg, steps: int, workdir: Path, track: bool) -> float:
 
 def bare_time(cfg, steps: int, with_ema_clip: bool) -> float:
     from harness.data.base import build_dataset
-    from harness.units import build_backbone
+    from harness.backbones.build import build_backbone
 
     data = build_dataset(cfg["data"])
     tc = cfg["train"]

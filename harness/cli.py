@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 def _console():
@@ -44,7 +44,7 @@ def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
 
 def cmd_run(args) -> int:
     from harness.config import load
-    from harness.experiment import run_experiment
+    from harness.pipeline.experiment import run_experiment
 
     cfg = load(args.overrides)
     result = run_experiment(cfg)
@@ -65,7 +65,8 @@ def _init_distributed() -> None:
 
 def cmd_train(args) -> int:
     from harness.config import load
-    from harness.experiment import experiment_units, method_for, train_units
+    from harness.pipeline.assemble import experiment_units, method_for
+    from harness.pipeline.training import train_units
 
     cfg = load(args.overrides)
     _init_distributed()
@@ -85,7 +86,8 @@ def _tracker(cfg):
 def cmd_sample(args) -> int:
     from harness.config import load
     from harness.evaluate.pipeline import generate_samples, save_samples_npz
-    from harness.experiment import DatasetCache, assemble
+    from harness.data.cache import DatasetCache
+    from harness.pipeline.assemble import assemble
 
     cfg = load(args.overrides)
     field, _ = assemble(cfg)
@@ -98,7 +100,8 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from harness.config import load
     from harness.evaluate.pipeline import evaluate_field, score_npz
-    from harness.experiment import DatasetCache, assemble
+    from harness.data.cache import DatasetCache
+    from harness.pipeline.assemble import assemble
 
     cfg = load(args.overrides)
     if args.samples:
@@ -112,7 +115,7 @@ def cmd_eval(args) -> int:
 
 def cmd_fid(args) -> int:
     from harness.evaluate.scoring import fid_between
-    from harness.registry import get
+    from harness.core.registry import get
 
     extractor = get("extractor", args.extractor)(**({"path": args.weights} if args.weights else {}))
     print(json.dumps(fid_between(args.a, args.b, extractor), indent=1, default=str))
@@ -123,7 +126,7 @@ def cmd_list(args) -> int:
     from rich.table import Table
 
     from harness.config import GROUPS, options
-    from harness.registry import KINDS, registry
+    from harness.core.registry import KINDS, registry
 
     table = Table(title="registered plug-ins")
     table.add_column("kind")
@@ -146,7 +149,7 @@ def cmd_validate(args) -> int:
     import yaml
 
     from harness.config import load, options
-    from harness.errors import ConfigError
+    from harness.core.errors import ConfigError
 
     if not args.all:
         print(yaml.safe_dump(load(args.overrides), sort_keys=False))
@@ -166,7 +169,7 @@ def cmd_describe(args) -> int:
     from rich.table import Table
 
     from harness.config import load
-    from harness.describe import describe_experiment
+    from harness.pipeline.describe import describe_experiment
 
     info = describe_experiment(load(args.overrides))
     table = Table(title=f"units (data {tuple(info['data_shape'])}, {info['num_classes']} classes, shape {info['shape_source']})")
@@ -187,7 +190,7 @@ def cmd_describe(args) -> int:
 
 def cmd_split(args) -> int:
     from harness.config import load
-    from harness.split.run import run_split
+    from harness.pipeline.split import run_split
 
     result = run_split(load(args.overrides))
     print(json.dumps({k: result[k] for k in ("monitor", "n", "grid", "curve", "cumulative", "boundaries", "cost",
@@ -196,7 +199,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_smoke(args) -> int:
-    from harness.smoke import run_smoke
+    from harness.pipeline.smoke import run_smoke
 
     rows = run_smoke(args.overrides)
     _print_summary(rows, title="harness smoke (CIFAR-10-format stand-in)")
@@ -248,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("split", cmd_split, "CBS boundaries: monitor curve on a grid, equidistributed boundaries (JSON + PNG)")
     sp = add("describe", cmd_describe, "params and GFLOPs per forward of every unit, from shapes only (meta device)")
     sp.add_argument("--json", action="store_true")
-    add("smoke", cmd_smoke, "tiny monolithic + naive split (N=2) on the CIFAR-10-format stand-in: what CI runs")
+    add("smoke", cmd_smoke, "the runs of harness/conf/smoke.yaml (a tiny model and a tiny time split) on the CIFAR-10-format stand-in")
     sp = sub.add_parser("standin", help="write the CIFAR-10-format stand-in built from Fashion-MNIST")
     sp.add_argument("out")
     sp.add_argument("--n-train", type=int, default=5000)

@@ -7,11 +7,12 @@ Cite the seed's equation or table in the docstrings of what you implement.
 """
 from __future__ import annotations
 
-from harness.errors import ConfigError
-from harness.field import Field, Piecewise, intervals_from_boundaries
-from harness.method import Method, net_field
-from harness.registry import register
-from harness.units import UnitSpec, unit_from_config
+from harness.core.errors import ConfigError
+from harness.field import Field, Piecewise
+from harness.core.intervals import intervals_from_boundaries
+from harness.api.method import Method, net_field
+from harness.core.registry import register
+from harness.train.units import UnitSpec, unit_from_config
 
 
 @register("method", "_template")

@@ -39,9 +39,9 @@ from torch.nn import functional as F
 from harness.backbones.moe import (ExpertBank, MoEFFN, check_capacity, check_experts, expert_width, ffn_key,
                                    moe_layers, tokens_per_expert)
 from harness.baselines.monolithic import Monolithic
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Field, Net
-from harness.registry import register
+from harness.core.registry import register
 
 SELECTIONS = ("router_topk", "predicted")
 
@@ -192,7 +192,7 @@ class DiffMoEFFN(MoEFFN):
 
 
 class PooledNet(Net):
-    """A :class:`Net` whose guided halves share one forward (``harness.guidance.Guided.pools_halves``).
+    """A :class:`Net` whose guided halves share one forward (``harness.api.guidance.Guided.pools_halves``).
 
     DiffMoE routes over the whole batch, so CFG's conditional and unconditional halves must
     form one token pool, as the authors' ``forward_with_cfg`` stacks them (seed 002, Sec. 2.2).

@@ -23,12 +23,11 @@ from typing import Any, Optional
 import torch
 
 from harness.baselines.ddm import DDM
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Field, Net
 from harness.objectives import build_objective
 from harness.objectives.ddpm import DDPMEpsilon
-from harness.partition import PIXELS
-from harness.registry import register
+from harness.core.registry import register
 
 DEFAULT_DDPM = {"name": "ddpm", "schedule": "cosine", "conversion": "seed003", "clamp": 20.0, "alpha_min": 0.01,
                 "damping": "eq31", "time_sampler": "uniform", "time_sampler_kwargs": {}}
@@ -51,17 +50,9 @@ def check_ddpm_node(node: dict[str, Any], key: str = "method.ddpm_objective") ->
 
 @register("method", "hetero_ddm")
 class HeteroDDM(DDM):
-    def __init__(self, cfg, k: int = 4, features: str = PIXELS, features_kwargs: Optional[dict] = None,
-                 metric: str = "euclidean", kmeans_iters: int = 100, kmeans_seed: int = 0,
-                 router_backbone: Optional[dict] = None, router_steps: Optional[int] = None,
-                 router_lr: Optional[float] = None, mixing: str = "top1", top_k: int = 2,
-                 budget: str = "per_expert", accuracy_n: int = 500,
-                 ddpm_experts: Optional[list[int]] = None, ddpm_objective: Optional[dict] = None) -> None:
-        # explicit keywords (not **kwargs): config validation checks every key against this signature
-        super().__init__(cfg, k=k, features=features, features_kwargs=features_kwargs, metric=metric,
-                         kmeans_iters=kmeans_iters, kmeans_seed=kmeans_seed, router_backbone=router_backbone,
-                         router_steps=router_steps, router_lr=router_lr, mixing=mixing, top_k=top_k, budget=budget,
-                         accuracy_n=accuracy_n)
+    def __init__(self, cfg, ddpm_experts: Optional[list[int]] = None, ddpm_objective: Optional[dict] = None,
+                 **kwargs: Any) -> None:   # DDM's keys (k, features, mixing, budget, ...): validation reads the hierarchy
+        super().__init__(cfg, **kwargs)
         self.ddpm_experts = sorted(int(i) for i in (ddpm_experts if ddpm_experts is not None else [0]))
         self.ddpm_objective = dict(DEFAULT_DDPM, **(ddpm_objective or {}))
 

@@ -4,7 +4,7 @@ Fig. 4) and expert-ordering ablation (Sec. 7.3, Fig. 13).
 
 Seed 003, Sec. 3.3.1: "a deterministic router switches between experts at a native-time threshold
 t = 0.5, allocating high-noise timesteps (t > 0.5) to FM experts and low-noise timesteps to DDPM
-experts".  Here that is a :class:`~harness.mixture.ThresholdRouter` with Top-1 mixing.  The rows of
+experts".  Here that is a :class:`~harness.field.mixture.ThresholdRouter` with Top-1 mixing.  The rows of
 Tab. 3 are sampling-time choices over the same two units:
 
 * ``use: fm``        -- the FM expert alone ("FM"; the same unit as ``method=monolithic``)
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Field, Net
-from harness.method import Method, net_field
-from harness.mixture import Mixture, ThresholdRouter
+from harness.api.method import Method, net_field
+from harness.field.mixture import Mixture, ThresholdRouter
 from harness.objectives import build_objective
-from harness.registry import register
-from harness.units import UnitSpec, unit_from_config
+from harness.core.registry import register
+from harness.train.units import UnitSpec, unit_from_config
 from harness.methods.hetero_ddm import DEFAULT_DDPM, check_ddpm_node, training_node
 
 USES = ("combined", "fm", "ddpm")

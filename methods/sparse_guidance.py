@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 from harness.baselines.autoguidance import WEAK_ROLE, WeakModelUnit
-from harness.guidance import Branch, ScaledGuidance, check_gammas, require_null_class, require_sparse_training
-from harness.method import net_field
-from harness.registry import register
+from harness.field.guided import Branch
+from harness.api.guidance import ScaledGuidance, check_gammas, require_null_class, require_sparse_training
+from harness.api.method import net_field
+from harness.core.registry import register
 
 
 @register("guidance", "sparse")
@@ -79,7 +80,7 @@ class AGSparseGuidance(WeakModelUnit, SparseGuidance):
 def gflops_per_nfe_seed004(cfg) -> float:
     """Budget of ``sweeps/sg_triplet_search.yaml``: GFLOPs per guided NFE in seed 004's convention (Tab. 2),
     counted on the meta device before a trial trains or samples anything."""
-    from harness.guidance_cost import config_cost
+    from harness.pipeline.cost import config_cost
 
     return float(config_cost(cfg)["gflops_per_nfe_seed004"])
 
@@ -87,6 +88,6 @@ def gflops_per_nfe_seed004(cfg) -> float:
 @register("sweep_constraint", "gflops_per_image_seed004")
 def gflops_per_image_seed004(cfg) -> float:
     """GFLOPs per image (all NFE of the sampler) in seed 004's convention."""
-    from harness.guidance_cost import config_cost
+    from harness.pipeline.cost import config_cost
 
     return float(config_cost(cfg)["gflops_per_image_seed004"])

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference, reading_section  # noqa: E402
+from harness.tables.cells import CellLog, metric_key, reading_section  # noqa: E402
+from harness.core.stats import mean_se, paired_difference
 
 METRIC_TEXT = {
     "fd_cnn_fashion_mnist": "Frechet distance on the pooled features of a small CNN trained as a Fashion-MNIST "
@@ -46,8 +47,8 @@ def cell_overrides(method: str, seed: int, args) -> list[str]:
 
 def _param_count(cfg) -> int:
     """Parameters of one network (the monolithic model, or one expert)."""
-    from harness.describe import data_shape
-    from harness.units import build_backbone
+    from harness.data.shapes import data_shape
+    from harness.backbones.build import build_backbone
 
     shape, classes, _ = data_shape(cfg["data"])
     return sum(p.numel() for p in build_backbone(cfg["backbone"], shape, classes).parameters())
@@ -112,7 +113,7 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT))
     from harness.config import load
-    from harness.experiment import run_experiment
+    from harness.pipeline.experiment import run_experiment
 
     out = Path(args.out)
     log = CellLog(out.with_suffix(".json"))
@@ -124,7 +125,7 @@ def main() -> int:
                 cfg = load(cell_overrides(method, seed, args))
                 t0 = time.time()
                 result = run_experiment(cfg)
-                from harness.experiment import method_for
+                from harness.pipeline.assemble import method_for
 
                 boundaries = method_for(cfg).describe().get("boundaries") if method != "monolithic" else None
                 log.add({"method": method, "seed": seed, "metrics": result["metrics"], "protocol": result["protocol"],

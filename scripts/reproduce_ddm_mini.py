@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference, reading_section  # noqa: E402
+from harness.tables.cells import CellLog, metric_key, reading_section  # noqa: E402
+from harness.core.stats import mean_se, paired_difference
 
 SWITCH = "experiment=switch_fmnist_mini"
 SUITES: dict[str, list[tuple[str, list[str]]]] = {
@@ -53,7 +54,7 @@ def slug(label: str) -> str:
 
 def run_cell(label: str, overrides: list[str], seed: int) -> dict:
     from harness.config import load
-    from harness.experiment import run_experiment
+    from harness.pipeline.experiment import run_experiment
 
     ovr = [*overrides, f"train.seed={seed}", "run.progress=false", "run.experiment_name=ddm_mini",
            f"run.name={slug(label)}-seed{seed}"]

@@ -39,10 +39,11 @@ def out_dir() -> Path:
 
 def run_seed(seed: int, n: int, extra: list[str], weak_steps: int = 150) -> list[dict]:
     from harness.config import load
-    from harness.describe import data_shape
+    from harness.data.shapes import data_shape
     from harness.evaluate.pipeline import build_sampler
-    from harness.experiment import assemble, run_experiment
-    from harness.guidance_cost import guided_cost
+    from harness.pipeline.assemble import assemble
+    from harness.pipeline.experiment import run_experiment
+    from harness.pipeline.cost import guided_cost
 
     path = out_dir() / f"seed{seed}.json"
     rows = json.loads(path.read_text()) if path.exists() else []   # resume: settings already scored are kept
@@ -81,11 +82,12 @@ TABLE2 = [  # (seed 004 Tab. 2 row, its GFLOPS, our guidance node; SG gammas are
 def table2_lines() -> list[str]:
     """Seed 004 Tab. 2's GFLOPS counted here on the meta device (SiT-XL/2 built once, shapes only)."""
     from harness.config import load
-    from harness.guidance import build_guidance
-    from harness.guidance_cost import field_call_cost, meta_field
+    from harness.api.guidance import build_guidance
+    from harness.pipeline.cost import field_call_cost
+    from harness.pipeline.assemble import assemble_meta
 
     base = load(["experiment=sg_routing_sit_xl2_imagenet256", "data.root=/tmp"])
-    dense, _ = meta_field(dict(base, guidance={"name": "none"}), (4, 32, 32), 1000)
+    dense, _ = assemble_meta(dict(base, guidance={"name": "none"}), (4, 32, 32), 1000)
     parts = {"guidance/weak": (dense.model, dense.objective)}
     lines = ["| seed 004 Tab. 2 row | seed GFLOPS | counted (seed 004 conv.) | rel. diff | torch (2/MAC, attention incl.) |",
              "|---|---|---|---|---|"]
@@ -98,11 +100,12 @@ def table2_lines() -> list[str]:
 
 
 def report(seeds: list[int]) -> Path:
-    from harness.pareto import pareto_front, plot_pareto
+    from harness.core.stats import pareto_front
+    from harness.tables.plots import scatter_pareto
 
     rows = [r for s in seeds for r in json.loads((out_dir() / f"seed{s}.json").read_text())]
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    png = plot_pareto([(r["label"], r["gflops_per_image_seed004"], r["fd"]) for r in rows],
+    png = scatter_pareto([(r["label"], r["gflops_per_image_seed004"], r["fd"]) for r in rows],
                       ROOT / "results/reproduced/guidance_mini_pareto.png", metric_label="FD (smallcnn features)",
                       gflops_label="GFLOPs per image (seed 004 convention: linear/conv multiply-adds)",
                       title=f"routed mini SiT, Fashion-MNIST 32x32, Euler 20, n={rows[0]['protocol']['n_samples']}, seeds {seeds}")
@@ -111,7 +114,7 @@ def report(seeds: list[int]) -> Path:
         fds = [r["fd"] for r in rows if r["label"] == label]
         r0 = next(r for r in rows if r["label"] == label)
         means.append((label, r0["gflops_per_image_seed004"], statistics.mean(fds)))
-    front = {r[0] for r in pareto_front(means)}
+    front = {means[i][0] for i in pareto_front([(g, m) for _, g, m in means])}
     p = rows[0]["protocol"]
     lines = [
         "# Seed 004 guidance comparison, CPU mini (quality vs GFLOPs)", "",

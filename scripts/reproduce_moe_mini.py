@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.tables.cells import CellLog, mean_se, metric_key, paired_difference, reading_section  # noqa: E402
+from harness.tables.cells import CellLog, metric_key, reading_section  # noqa: E402
+from harness.core.stats import mean_se, paired_difference
 
 VARIANTS = {"dense": "dense_moe_mini_fmnist", "tc_moe": "tc_moe_mini_fmnist", "ec_moe": "ec_moe_mini_fmnist",
             "diffmoe": "diffmoe_mini_fmnist"}
@@ -36,10 +37,10 @@ def overrides(variant: str, seed: int, args: argparse.Namespace) -> list[str]:
 
 
 def run_cell(variant: str, seed: int, args: argparse.Namespace) -> dict:
-    from harness.backbones.flops import describe
+    from harness.backbones.size import describe
     from harness.config import load
-    from harness.experiment import run_experiment
-    from harness.units import build_backbone
+    from harness.pipeline.experiment import run_experiment
+    from harness.backbones.build import build_backbone
 
     cfg = load(overrides(variant, seed, args))
     t0 = time.time()

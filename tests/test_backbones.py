@@ -7,12 +7,13 @@ from omegaconf import OmegaConf
 
 from harness.backbones.dit import DiT
 from harness.backbones.ffn import DenseFFN, SwiGLUFFN
-from harness.backbones.flops import count_parameters, describe, flop_count, gmacs_per_forward
+from harness.backbones.flops import count_parameters, flop_count, gmacs_per_forward
+from harness.backbones.size import describe
 from harness.backbones.token_selection import RandomRoute, num_routed
 from harness.config import compose, options
-from harness.errors import ConfigError
-from harness.registry import get, registry
-from harness.units import build_backbone
+from harness.core.errors import ConfigError
+from harness.core.registry import get, registry
+from harness.backbones.build import build_backbone
 
 # Small settings per registered backbone: (in_shape, kwargs).  A new backbone adds a line here.
 SMALL = {

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from tests.configs import load_in
-from harness.experiment import method_for, run_experiment
-from harness.split.run import compute_split
+from harness.pipeline.assemble import method_for
+from harness.pipeline.experiment import run_experiment
+from harness.pipeline.split import compute_split
 
 BASE = ["experiment=gmm_mini", "run.progress=false", "train.steps=30", "eval.n_samples=200", "eval.reference_n=200"]
 
@@ -36,7 +37,7 @@ def test_cbs_with_uniform_boundaries_is_the_naive_split_unit_for_unit(tmp_path):
 
 
 def test_cbs_bad_boundaries_are_config_errors(tmp_path):
-    from harness.errors import ConfigError
+    from harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="method.boundaries: 3 experts need 2 interior boundaries"):
         cfg_for(tmp_path, "method=cbs", "method.n=3", "method.boundaries=[0.5]")
@@ -46,8 +47,8 @@ def test_cbs_bad_boundaries_are_config_errors(tmp_path):
 
 def test_aux_backbone_is_the_aux_units_network_and_is_checked(tmp_path):
     """Seed 000 Sec. 4.5: the aux model may be a smaller network than the experts."""
-    from harness.errors import ConfigError
-    from harness.split.run import aux_unit
+    from harness.core.errors import ConfigError
+    from harness.pipeline.split import aux_unit
 
     same = aux_unit(cfg_for(tmp_path, "method=cbs"))
     small = aux_unit(cfg_for(tmp_path, "method=cbs", "split.aux_backbone={name: mlp, width: 16, depth: 2}"))
@@ -67,7 +68,7 @@ FULL_SCALE = [("cbs_sit_xl2_imagenet256", "data.root={d}", 674.8), ("cbs_sit_xl2
 @pytest.mark.parametrize("name,root,params_m", FULL_SCALE)
 def test_full_scale_cbs_setups_validate_and_count_without_data(tmp_path, name, root, params_m):
     """Seed 000 Tab. 1-3 setups: every expert has the monolithic size; the SiT aux model is SiT-S/2."""
-    from harness.describe import describe_experiment
+    from harness.pipeline.describe import describe_experiment
 
     cfg = load_in(tmp_path, f"experiment={name}", root.format(d=tmp_path))
     assert cfg["method"]["name"] == "cbs" and cfg["method"]["n"] == 3 and cfg["method"]["budget"] == "per_expert"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.errors import CheckpointError
+from harness.core.errors import CheckpointError
 from harness.train.checkpoint import load_checkpoint, load_latest, save_checkpoint, verify
 
 

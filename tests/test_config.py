@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.config import compose, load, options, validate
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 BAD = [
     (["train.stesp=3"], r"train.stesp: unknown key. Did you mean: steps\?"),
@@ -93,9 +93,27 @@ def test_every_experiment_composes_and_validates(tmp_path):
 
 def test_full_scale_config_is_countable_without_data(tmp_path):
     """SiT-XL/2 on ImageNet latents: DiT/SiT's 675M params and 118.6 GMACs, counted from shapes."""
-    from harness.describe import describe_experiment
+    from harness.pipeline.describe import describe_experiment
 
     info = describe_experiment(load(["experiment=sit_xl2_imagenet256", f"data.root={tmp_path}"]))
     unit = info["units"]["model"]
     assert info["data_shape"] == [4, 32, 32] and info["num_classes"] == 1000
     assert abs(unit["params"] / 675e6 - 1) < 0.01 and abs(unit["gmacs"] / 118.6 - 1) < 0.02
+
+
+def test_plugin_signatures_are_read_along_the_class_hierarchy():
+    """HeteroDDM names only its own keys and CBS only its own; DDM's / NaiveSplit's keys still validate,
+    and an unknown key is still one line listing every known key of the hierarchy."""
+    from harness.config import plugin_signature
+
+    hetero, _, open_kwargs = plugin_signature("method", "hetero_ddm")
+    assert {"ddpm_experts", "ddpm_objective", "k", "features", "mixing", "budget", "router_steps"} <= set(hetero)
+    assert not open_kwargs
+    cbs, _, _ = plugin_signature("method", "cbs")
+    assert {"n", "monitor", "boundaries", "budget", "training"} == set(cbs)
+    assert cbs["n"].default == 3  # the subclass's default wins over NaiveSplit's 2
+    load(["experiment=hetero_ddm_fmnist_mini", "method.k=3", "method.budget=equal_total"])
+    with pytest.raises(ConfigError, match=r"method\.kk: unknown key\. Did you mean: k\?.*ddpm_experts"):
+        load(["experiment=hetero_ddm_fmnist_mini", "+method.kk=3"])
+    with pytest.raises(ConfigError, match=r"method\.budget must be one of"):
+        load(["method=cbs", "method.budget=nope"])

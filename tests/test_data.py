@@ -11,7 +11,7 @@ import torch
 from harness.data.base import ArrayDataset, build_dataset
 from harness.data.fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from harness.data.gaussian_mixture import GaussianMixture
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
 
 HAVE_FMNIST = (FMNIST_ROOT / "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist is not installed "

@@ -11,13 +11,13 @@ import torch
 from tests.configs import load_in
 from harness.config import load
 from harness.data.gaussian_mixture import GaussianMixture
-from harness.errors import ConfigError
-from harness.experiment import method_for
+from harness.core.errors import ConfigError
+from harness.pipeline.assemble import method_for
 from harness.field import Exact
-from harness.mixture import FunctionRouter, Mixture, NetRouter, ThresholdRouter, mixing_weights
+from harness.field.mixture import FunctionRouter, Mixture, NetRouter, ThresholdRouter, mixing_weights
 from harness.objectives.conversions import damping, damping_eq31
 from harness.objectives.schedules import Cosine
-from harness.partition import assign, kmeans
+from harness.clusters.partition import assign, kmeans
 from tests.gaussian import linear_velocity, vp_posteriors
 
 MU, S = 0.7, 0.4
@@ -236,8 +236,8 @@ def one_thread():
 
 def test_router_learns_the_clusters_near_the_data(tmp_path, one_thread):
     """router_ce on two separated Gaussians: near-perfect at t close to 1 (data), chance-like at t = 0."""
-    from harness.experiment import train_units
-    from harness.router_eval import accuracy_curve
+    from harness.pipeline.training import train_units
+    from harness.clusters.router_eval import accuracy_curve
     from harness.train import load_unit_field_parts
 
     cfg = cfg_for(tmp_path, "method=ddm", "method.k=2", "method.router_steps=100", "train.checkpoint_every=100",
@@ -315,7 +315,7 @@ def test_full_scale_experiments_validate_with_their_paths(tmp_path, name):
 @pytest.mark.slow
 def test_ddm_runs_end_to_end_and_mixing_modes_reuse_every_unit(tmp_path, one_thread):
     """prepare -> 2 experts + router trained -> Mixture sampled and scored; other mixing modes retrain nothing."""
-    from harness.experiment import run_experiment
+    from harness.pipeline.experiment import run_experiment
 
     extra = ("method=ddm", "method.k=2", "train.steps=40", "method.router_steps=40", "train.checkpoint_every=40",
              "eval.n_samples=200", "eval.reference_n=200", "sampler.steps=8")
@@ -344,7 +344,7 @@ def test_pairwise_diversity_is_zero_for_copies_and_grows_with_spread():
 
 def test_a_ddpm_checkpoint_with_an_unknown_schedule_cannot_be_converted(tmp_path):
     from harness.methods.hetero_ddm import converted_unit_field
-    from harness.units import UnitSpec
+    from harness.train.units import UnitSpec
 
     spec = UnitSpec(label="ddpm", data={"name": "gaussian_mixture"}, backbone={"name": "mlp"},
                     objective={"name": "ddpm", "schedule": "sigmoid"}, train={"steps": 1})
@@ -428,7 +428,7 @@ def test_switch_experiments_validate(tmp_path):
 
 @pytest.mark.slow
 def test_switch_runs_end_to_end_and_a_threshold_change_only_resamples(tmp_path, one_thread):
-    from harness.experiment import run_experiment
+    from harness.pipeline.experiment import run_experiment
 
     extra = ("method=objective_switch", "train.steps=30", "train.checkpoint_every=30", "eval.n_samples=200",
              "eval.reference_n=200", "sampler.steps=8")

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from harness.errors import ConfigError, DataError
+from harness.core.errors import ConfigError, DataError
 from harness.evaluate.lpips_diversity import _heads_path, load_lpips, mean_pairwise_lpips
 from harness.evaluate.scoring import score_samples
-from harness.registry import get
+from harness.core.registry import get
 
 RELU_AFTER = (1, 4, 7, 9, 11)   # AlexNet feature taps of LPIPS-Alex (relu1..relu5)
 

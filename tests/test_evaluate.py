@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 from harness.evaluate.adm import read_adm_npz, write_adm_npz
 from harness.evaluate.metrics import (FeatureStats, fd_with_backend, frechet_distance, inception_score,
                                       kernel_inception_distance, precision_recall)
 from harness.evaluate.scoring import fid_between, score_samples
-from harness.registry import get
+from harness.core.registry import get
 
 
 def feats(n=600, d=32, shift=0.0, scale=1.0, seed=0):
@@ -127,7 +127,7 @@ def test_scoring_against_an_adm_reference_npz_and_backends(tmp_path):
     """eval.reference: a user's ADM reference batch replaces the data split; every FD backend agrees."""
     from harness.config import load
     from harness.evaluate.pipeline import score
-    from harness.experiment import DatasetCache
+    from harness.data.cache import DatasetCache
     from harness.sample import to_uint8
 
     g = torch.Generator().manual_seed(0)

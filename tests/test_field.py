@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from harness.errors import ConfigError
-from harness.field import Exact, Piecewise, intervals_from_boundaries
+from harness.core.errors import ConfigError
+from harness.field import Exact, Piecewise
+from harness.core.intervals import intervals_from_boundaries
 
 
 def constant(i):

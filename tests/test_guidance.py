@@ -8,10 +8,12 @@ from omegaconf import OmegaConf
 from harness.backbones.dit import DiT
 from harness.backbones.token_selection import RandomRoute, num_routed, sparsity
 from harness.config import compose, validate
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Net
-from harness.guidance import Branch, Guided, build_guidance
-from harness.guidance_cost import count_call, field_call_cost, guided_cost
+from harness.field.guided import Branch, Guided
+from harness.api.guidance import build_guidance
+from harness.backbones.flops import count_call
+from harness.pipeline.cost import field_call_cost, guided_cost
 from harness.objectives import build_objective
 from harness.sample.ode import Euler
 
@@ -92,7 +94,7 @@ def test_sg_with_equal_sparsity_and_mask_is_the_conditional_prediction(omega: fl
     x, t, y = batch()
     sg = Guided(Branch(field, "cond", gamma, stream=7), Branch(field, "cond", gamma, stream=7), omega, seed=3)
     out = sg(x, t, y)
-    from harness.guidance import stream_generator
+    from harness.field.guided import stream_generator
 
     with sparsity(gamma, stream_generator(3, 0, 7)):  # the same draw, unguided
         ref = field(x, t, y)
@@ -114,7 +116,7 @@ def test_sparse_masks_differ_between_branches_and_steps() -> None:
     field = net(tiny())
     x, t, y = batch()
     sg = Guided(Branch(field, "cond", 0.5, stream=0), Branch(field, "cond", 0.5, stream=1), 2.0, seed=0)
-    from harness.guidance import stream_generator
+    from harness.field.guided import stream_generator
 
     sel = RandomRoute(gamma=0.5).eval()
     ids = {(c, s): sel.select(torch.zeros(4, 16, D), stream_generator(0, c, s), gamma=0.5)[1]
@@ -145,7 +147,7 @@ def test_icg_redraws_a_random_class_and_interval_limits_guidance() -> None:
 
 def test_autoguidance_contributes_a_weak_unit_and_uses_it() -> None:
     cfg = validate(compose(["experiment=sg_routing_fmnist_mini", "guidance=autoguidance", "guidance.weak_steps=150"]))
-    from harness.experiment import experiment_units, method_for
+    from harness.pipeline.assemble import experiment_units, method_for
 
     units = experiment_units(cfg, method_for(cfg, prepare=False))
     assert set(units) == {"model", "guidance/weak"}
@@ -186,10 +188,10 @@ TABLE2 = [  # seed 004 Tab. 2 (GFLOPS per NFE, SiT-XL/2 + routing); SG gammas: o
 
 def test_table2_gflops_reproduced_on_the_meta_device() -> None:
     """Seed 004 Tab. 2 within 2 %, counted from shapes only (SiT-XL/2 built once on the meta device)."""
-    from harness.guidance_cost import meta_field
+    from harness.pipeline.assemble import assemble_meta
 
     base = validate(compose(["experiment=sg_routing_sit_xl2_imagenet256", "data.root=/tmp"]))
-    dense, _ = meta_field(dict(base, guidance={"name": "none"}), (4, 32, 32), 1000)
+    dense, _ = assemble_meta(dict(base, guidance={"name": "none"}), (4, 32, 32), 1000)
     parts = {"guidance/weak": (dense.model, dense.objective)}  # AG's weak model: same size, fewer steps
     got = {}
     for node, expected in TABLE2:
@@ -229,7 +231,7 @@ def test_cfg_on_unconditional_data_is_refused() -> None:
     for name in ("cfg", "icg", "cfg_sparse"):
         with pytest.raises(ConfigError, match="needs labelled data"):  # units trained without labels
             build_guidance({"guidance": {"name": name}}).wrap(field, {}, 0)
-    from harness.registry import registry
+    from harness.core.registry import registry
 
     from harness.config import options
 
@@ -248,17 +250,18 @@ def test_every_guidance_option_validates_on_the_mini_setup(name: str) -> None:
 
 # ------------------------------------------------------------------ report
 def test_pareto_front_and_plot(tmp_path) -> None:
-    from harness.pareto import pareto_front, plot_pareto
+    from harness.core.stats import pareto_front
+    from harness.tables.plots import scatter_pareto
 
     rows = [("cfg", 2.0, 10.0), ("sg", 1.0, 9.0), ("icg", 2.0, 12.0), ("none", 0.5, 20.0), ("ag", 3.0, 8.0)]
-    assert [r[0] for r in pareto_front(rows)] == ["none", "sg", "ag"]  # cfg and icg are beaten by sg
-    png = plot_pareto(rows, tmp_path / "front.png", metric_label="FD (smallcnn features)")
+    assert [rows[i][0] for i in pareto_front([(g, m) for _, g, m in rows])] == ["none", "sg", "ag"]  # sg beats cfg, icg
+    png = scatter_pareto(rows, tmp_path / "front.png", metric_label="FD (smallcnn features)")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_registered_guidance_wraps_a_field_of_the_right_shape() -> None:
     """Conformance over the registry: a new guidance plug-in is checked without editing this test."""
-    from harness.registry import registry
+    from harness.core.registry import registry
 
     base = validate(compose(["experiment=sg_routing_fmnist_mini"]))
     field, weak = net(tiny(seed=0)), tiny(seed=1)

@@ -6,14 +6,15 @@ import torch
 from tests.configs import load_in
 from harness.backbones.time_experts import TimeExperts
 from harness.data.base import build_dataset
-from harness.errors import ConfigError
-from harness.experiment import method_for, run_experiment
+from harness.core.errors import ConfigError
+from harness.pipeline.assemble import method_for
+from harness.pipeline.experiment import run_experiment
 from harness.field import Net, Piecewise
 from harness.objectives import build_objective
 from harness.objectives.time_samplers import PerBatchExpert, Uniform
 from harness.train import draw_batch, train_unit
 from harness.train.checkpoint import load_checkpoint
-from harness.units import build_backbone
+from harness.backbones.build import build_backbone
 
 BASE = ["experiment=gmm_mini", "run.progress=false", "train.batch_size=16", "eval.n_samples=100", "eval.reference_n=100"]
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.backbones.flops import count_parameters, describe
+from harness.backbones.flops import count_parameters
+from harness.backbones.size import describe
 from harness.backbones.moe import (activated_parameters, eq40_activated_parameters, moe_layers, reset_routing_stats,
                                    routing_metrics)
 from harness.baselines.ec_moe import ExpertChoiceMoE
 from harness.baselines.tc_moe import TokenChoiceMoE
 from harness.config import compose, load, validate
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Net
 from harness.methods.diffmoe import DiffMoE, DiffMoEFFN
 from harness.objectives import build_objective
-from harness.units import build_backbone
+from harness.backbones.build import build_backbone
 
 D = 16
 
@@ -142,7 +143,7 @@ def test_diffmoe_selection_modes_process_the_same_number_of_tokens() -> None:
 
 
 def test_cfg_halves_share_one_token_pool() -> None:
-    from harness.guidance import Branch, Guided
+    from harness.field.guided import Branch, Guided
     from harness.methods.diffmoe import PooledNet
 
     model = tiny_dit("diffmoe").eval()
@@ -293,7 +294,7 @@ def test_threshold_outside_the_predictor_range_is_rejected() -> None:
 
 # ---------------------------------------------------------------- method and configs
 def test_diffmoe_method_shares_the_monolithic_unit_and_sets_inference() -> None:
-    from harness.experiment import method_for
+    from harness.pipeline.assemble import method_for
 
     cfg = load(["experiment=diffmoe_mini_fmnist", "method.threshold=0.4"])
     mono = validate(compose(["experiment=diffmoe_mini_fmnist", "method=monolithic"]))

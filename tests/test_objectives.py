@@ -8,7 +8,7 @@ from harness.objectives import build_objective
 from harness.objectives.conversions import (damping, ddpm_timestep, eps_from_velocity, seed003_velocity,
                                             snr_aligned_velocity, x1_from_velocity)
 from harness.objectives.schedules import Cosine, LinearBeta, LinearPath, make_schedule
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from tests.gaussian import linear_posteriors, linear_velocity, vp_posteriors
 
 MU, S = 0.7, 0.4

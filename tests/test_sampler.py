@@ -2,7 +2,7 @@
 import torch
 
 from harness.field import Exact
-from harness.registry import get
+from harness.core.registry import get
 from harness.sample import generate, seeded_noise_and_labels
 from tests.gaussian import linear_velocity
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from harness.sweep import state
-from harness.sweep.runner import load_sweep, run_sweep
+from harness.sweep.load import load_sweep
+from harness.sweep.runner import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["experiment=gmm_mini", "train.steps=10", "train.batch_size=32", "backbone.width=32", "backbone.depth=1",
@@ -27,14 +28,6 @@ TINY = ["experiment=gmm_mini", "train.steps=10", "train.batch_size=32", "backbon
 def sweep_file(path: Path, extra=(), grid="grid: {train.seed: [0, 1]}\n") -> Path:
     path.write_text("base:\n" + "".join(f"  - {o}\n" for o in [*TINY, *extra]) + grid)
     return path
-
-
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path / "w"))
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "w"
 
 
 def test_dry_run_prints_the_sbatch_scripts_and_the_dag_and_submits_nothing(workdir, tmp_path):
@@ -150,7 +143,7 @@ def test_real_slurm_sweep_cancel_and_preemption_requeue(slurm_cluster, workdir, 
     run_sweep(path3, launcher="slurm", detach=True, echo=lambda *a: None)
     sweep3 = load_sweep(path3)
     unit_job = json.loads((sweep3.dir / "jobs.json").read_text())["units"][0]
-    from harness.experiment import method_for
+    from harness.pipeline.assemble import method_for
 
     unit_dir = method_for(sweep3.cells[0].cfg, prepare=False).units()["model"].directory(workdir)
     _wait(lambda: (unit_dir / "mlflow_run.json").exists() and any(unit_dir.glob("**/ckpt_*.json")), 300, "a first checkpoint")

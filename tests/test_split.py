@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from harness.data.gaussian_mixture import GaussianMixture
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Exact
-from harness.registry import get
+from harness.core.registry import get
 from harness.split import boundaries_from_monitor
 
 HARNESS = str(Path(sys.executable).with_name("harness"))
@@ -122,7 +122,7 @@ def test_loss_monitor_is_the_conditional_variance_of_the_target_for_the_exact_fi
 
 
 def test_a_zero_monitor_curve_is_an_error_not_a_naive_split():
-    from harness.split.run import _check_curve
+    from harness.pipeline.split import _check_curve
 
     with pytest.raises(ConfigError, match="zero everywhere"):
         _check_curve([0.0] * 10, "acceleration")
@@ -140,7 +140,7 @@ def test_learned_aux_model_boundaries_land_near_the_exact_ones(tmp_path, monkeyp
     (0.28, 0.55), far from the naive (0.33, 0.67), so the tolerance still separates CBS from naive.
     """
     from harness.config import load
-    from harness.split.run import compute_split
+    from harness.pipeline.split import compute_split
 
     monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path))
     base = ["experiment=gmm_mini", "data.conditional=false", "split.n=3", "run.progress=false", "split.trajectories=512"]
@@ -151,3 +151,23 @@ def test_learned_aux_model_boundaries_land_near_the_exact_ones(tmp_path, monkeyp
     # conditional data: the exact field is each component's own Gaussian field, as a conditional aux model learns
     conditional = compute_split(load([*base[:1], *base[2:], "split.field=exact"]))["boundaries"]
     assert conditional[0] > exact[0] + 0.1
+
+
+def test_harness_split_and_method_cbs_share_one_split_result(tmp_path):
+    """One key (aux unit hash rules): CBS reads the split `harness split` wrote, and the other way round."""
+    from harness.core.registry import get
+    from harness.pipeline.split import split_dir
+    from tests.configs import load_in
+
+    common = ("split.field=exact", "split.n=3", "split.trajectories=64")
+    result = _split(tmp_path, *common)
+    mine = ("data=gaussian_mixture", "eval=fd_raw", "backbone=mlp_tiny", *common)
+    cfg = load_in(tmp_path, *mine, "method=cbs", "method.n=3", "train.log_every=7", "train.checkpoint_every=13")
+    cbs = get("method", "cbs")(cfg, n=3)
+    assert split_dir(cbs.split_config()) == Path(result["png"]).parent  # same folder, logging keys aside
+    written = (Path(result["png"]).parent / "split.json").stat().st_mtime_ns
+    cbs.prepare()
+    assert cbs.boundaries == result["boundaries"]
+    assert (Path(result["png"]).parent / "split.json").stat().st_mtime_ns == written  # read, not recomputed
+    other = load_in(tmp_path, *mine, "method=cbs", "method.n=3", "split.grid=50")
+    assert split_dir(get("method", "cbs")(other, n=3).split_config()) != split_dir(cbs.split_config())

@@ -11,23 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.sweep import state
-from harness.sweep.runner import load_sweep, plan, run_sweep
+from harness.sweep.load import load_sweep
+from harness.sweep.runner import plan, run_sweep
 from harness.sweep.spec import NON_RESULT_NODES, cell_id, result_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["experiment=gmm_mini", "train.steps=10", "train.batch_size=32", "backbone.width=32", "backbone.depth=1",
         "eval.n_samples=100", "eval.reference_n=100", "sampler.steps=5", "split.trajectories=32", "split.grid=20",
         "run.progress=false"]
-
-
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path / "w"))
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "w"
 
 
 def write_sweep(path: Path, text: str) -> Path:
@@ -323,3 +316,17 @@ def test_optuna_journal_survives_a_worker_crash(workdir, tmp_path):
             assert after[number][0] == S.FAIL            # its unfinished trial is recorded as failed
     assert len(after) == 3 and sum(s == S.COMPLETE for s, _ in after.values()) == 3 - sum(
         s == S.RUNNING for s, _ in before.values())
+
+
+def test_sweep_plan_has_every_unit_run_trains_including_autoguidances_weak_model(workdir, tmp_path):
+    """Planning uses the same unit list as `harness run`: the AG weak model is a node of the DAG."""
+    from harness.config import load
+    from harness.pipeline.assemble import experiment_units, method_for
+
+    extra = ["guidance=autoguidance", "guidance.weak_steps=5"]
+    path = write_sweep(tmp_path / "ag.yaml", base_yaml(extra) + "grid: {train.seed: [0]}\n")
+    sweep = load_sweep(path)
+    stages, _ = plan(sweep)
+    planned = {t.roles[0] for st in stages if st.name == "units" for t in st.tasks}
+    cfg = load([*TINY, *extra])
+    assert planned == set(experiment_units(cfg, method_for(cfg, prepare=False))) == {"model", "guidance/weak"}

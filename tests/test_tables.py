@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.errors import ConfigError
-from harness.tables.compare import MISSING, ci95, match_mask, paper_vs_ours, runs_table
+from harness.core.errors import ConfigError
+from harness.tables.compare import MISSING, match_mask, paper_vs_ours, runs_table
+from harness.core.stats import ci95
 from harness.tables.paper import load_paper_file, load_paper_tables
 from harness.tables.render import to_latex, to_markdown
 

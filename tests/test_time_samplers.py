@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from harness.errors import ConfigError
-from harness.registry import get
+from harness.core.errors import ConfigError
+from harness.core.registry import get
 
 
 @pytest.mark.parametrize("name,kwargs", [("uniform", {}), ("logit_normal", {"mean": 0.3, "std": 1.2}), ("jit", {})])

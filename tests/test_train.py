@@ -12,11 +12,11 @@ import torch
 
 from harness.config import load
 from harness.data.base import build_dataset
-from harness.experiment import train_units
+from harness.pipeline.training import train_units
 from harness.objectives import build_objective
 from harness.train import draw_batch, train_unit
 from harness.train.checkpoint import load_checkpoint
-from harness.units import unit_from_config
+from harness.train.units import unit_from_config
 
 GMM = ["experiment=gmm_mini", "run.progress=false"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.tables.runs import StoreError
 from harness.tables.ui import HOST, free_port, port_free, start_ui, ui_command
 

@@ -30,8 +30,8 @@ from torch.nn import functional as F
 
 from harness.backbones.ffn import aux_loss, build_ffn
 from harness.backbones.token_selection import build_token_selector
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 
 # ---------------------------------------------------------------- embeddings (shared)

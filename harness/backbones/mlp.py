@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from harness.backbones.dit import LabelEmbedder, timestep_embedding
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 
 class ResidualBlock(nn.Module):

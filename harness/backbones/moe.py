@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.errors import ConfigError
+from harness.backbones.flops import count_call
+from harness.core.errors import ConfigError
 
 
 def ffn_key(key: str) -> str:
@@ -236,11 +237,4 @@ def measured_gflops(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch
     Data-dependent routing (TC loads, DiffMoE's predictor-driven capacity) cannot be counted
     on the meta device, so this runs the forward and counts what executed.
     """
-    from torch.utils import flop_counter
-
-    from harness.backbones.flops import _custom_mapping
-
-    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=_custom_mapping())
-    with counter, torch.no_grad():
-        model(x, t, y)
-    return counter.get_total_flops() / 1e9 / x.shape[0]
+    return count_call(lambda: model(x, t, y)).total / 1e9 / x.shape[0]

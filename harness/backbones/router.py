@@ -15,8 +15,8 @@ from torch import nn
 from harness.backbones.dit import timestep_embedding
 from harness.backbones.mlp import ResidualBlock
 from harness.backbones.unet import group_norm
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 
 class _ConvStage(nn.Module):

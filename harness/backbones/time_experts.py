@@ -21,9 +21,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from harness.errors import ConfigError
-from harness.field import check_boundaries
-from harness.registry import register
+from harness.backbones.build import build_backbone
+from harness.core.errors import ConfigError
+from harness.core.intervals import check_boundaries
+from harness.core.registry import register
 
 
 @register("backbone", "time_experts")
@@ -33,8 +34,6 @@ class TimeExperts(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], num_classes: int = 0, *, expert: Mapping[str, Any],
                  boundaries: Sequence[float]) -> None:
         super().__init__()
-        from harness.units import build_backbone
-
         if not isinstance(expert, Mapping) or "name" not in expert:
             raise ConfigError("backbone.expert must be a backbone node with a name, e.g. {name: unet, ...}")
         if expert["name"] == "time_experts":

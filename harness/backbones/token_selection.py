@@ -28,8 +28,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from harness.errors import ConfigError, RegistryError
-from harness.registry import get, register
+from harness.core.errors import ConfigError, RegistryError
+from harness.core.registry import get, register
 
 State = Any
 

@@ -23,8 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.backbones.dit import LabelEmbedder, timestep_embedding
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -12,14 +12,13 @@ Datasets too large for memory (ImageNet latents) keep their rows in a :class:`Ro
 
 :func:`build_dataset` turns a ``data`` config node into a dataset: it looks the factory up
 in the registry, checks the node's keys against the factory's signature (unknown keys are
-a one-line :class:`~harness.errors.ConfigError` with a did-you-mean), then applies the
+a one-line :class:`~harness.core.errors.ConfigError` with a did-you-mean), then applies the
 generic keys every dataset understands (``subset_fraction``/``subset_seed``,
 ``resolution``, ``channels``).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
 import os
@@ -30,7 +29,9 @@ from typing import Any, BinaryIO, Mapping
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
+from harness.core.files import sha256_file
+from harness.data.transforms import float_to_uint8, pad_or_resize, replicate_channels
 
 KINDS = ("image", "vector", "latent")
 # keys build_dataset handles itself; every dataset accepts them (see harness.config.DATA_GENERIC_KEYS)
@@ -175,8 +176,6 @@ class ArrayDataset:
         """Images as uint8 ``(N, C, H, W)`` in 0..255, the evaluator's input format."""
         if self.kind != "image":
             raise TypeError(f"{self.name} holds {self.kind} data, not images")
-        from harness.data.transforms import float_to_uint8
-
         return float_to_uint8(self.x)
 
     def __repr__(self) -> str:
@@ -185,26 +184,9 @@ class ArrayDataset:
 
 
 # --------------------------------------------------------------------- provenance helpers
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, cached per (path, size, mtime) so reloading a dataset costs nothing."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
 def file_record(paths: list[Path] | list[str]) -> dict[str, str]:
     """``{path: sha256}`` for the ``info['files']`` of a dataset."""
-    return {str(p): sha256_file(p) for p in paths}
+    return {str(p): sha256_file(p, memo=True) for p in paths}
 
 
 def check_split(split: str, allowed: tuple[str, ...] = ("train", "test")) -> str:
@@ -280,8 +262,8 @@ def build_dataset(cfg: Mapping[str, Any]) -> ArrayDataset:
     ``channels`` (replicate 1 -> 3).  Unknown keys raise ``ConfigError`` naming
     ``data.<key>`` with a did-you-mean.
     """
-    from harness.registry import get
-    from harness.schema import check_kwargs
+    from harness.config.schema import check_kwargs
+    from harness.core.registry import get
 
     node = {str(k): _plain(v) for k, v in dict(_plain(cfg)).items()}
     if "name" not in node:
@@ -305,8 +287,6 @@ def build_dataset(cfg: Mapping[str, Any]) -> ArrayDataset:
 
     resolution, channels = generic.get("resolution"), generic.get("channels")
     if resolution is not None or channels is not None:
-        from harness.data.transforms import apply_image_transforms
-
         ds = apply_image_transforms(ds, resolution=resolution, channels=channels)
     return ds
 
@@ -315,3 +295,27 @@ def default_cache_dir() -> Path:
     """Where the harness writes derived datasets (``HARNESS_CACHE`` or ``~/.cache/harness``)."""
     env = os.environ.get("HARNESS_CACHE")
     return Path(env) if env else Path(os.environ.get("HOME", ".")) / ".cache" / "harness"
+
+
+def apply_image_transforms(ds: ArrayDataset, *, resolution: int | None, channels: int | None) -> ArrayDataset:
+    """The generic ``data.resolution`` / ``data.channels`` keys, recorded in ``info['transforms']``."""
+    if ds.kind != "image":
+        raise ConfigError(f"data.resolution/data.channels apply to images only; {ds.name} holds {ds.kind} data",
+                          hint="set data.resolution=null data.channels=null")
+    x = ds.x
+    ds = copy.copy(ds)
+    ds.info = copy.deepcopy(ds.info)
+    done: dict[str, object] = {}
+    if resolution is not None:
+        if int(resolution) < 1:
+            raise ConfigError(f"data.resolution must be >= 1, got {resolution}")
+        x, how = pad_or_resize(x, int(resolution))
+        done["resolution"] = {"size": int(resolution), "method": how}
+    if channels is not None:
+        if int(channels) < 1:
+            raise ConfigError(f"data.channels must be >= 1, got {channels}")
+        x = replicate_channels(x, int(channels))
+        done["channels"] = int(channels)
+    ds.x = x
+    ds.info["transforms"] = done
+    return ds

@@ -22,19 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.core.errors import DataError
+from harness.core.registry import register
 from harness.data.base import ArrayDataset, check_split, file_record, finish, load_array_pickle
+from harness.data.cifar10_format import DIRNAME, META_FILE, STANDIN_MANIFEST, STANDIN_PARENT, TEST_FILES, TRAIN_FILES
 from harness.data.transforms import uint8_to_float
-from harness.errors import DataError
-from harness.registry import register
 
 log = logging.getLogger(__name__)
 
-DIRNAME = "cifar-10-batches-py"
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILES = ("test_batch",)
-META_FILE = "batches.meta"
-STANDIN_MANIFEST = "STANDIN.json"  # written by harness.data.standin; absent from real CIFAR-10
-STANDIN_PARENT = "fashion_mnist_as_cifar10_standin"  # the stand-in's directory in the harness cache
 LICENSE = "CIFAR-10 (Krizhevsky 2009): no formal licence; see https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
@@ -64,11 +59,17 @@ def _maybe_write_standin(path: Path) -> None:
     Only for that exact location (``.../fashion_mnist_as_cifar10_standin/cifar-10-batches-py``),
     which the stand-in writer owns: a user's real CIFAR-10 path is never written to.
     """
-    if path.name == DIRNAME and path.parent.name == STANDIN_PARENT and not (path / STANDIN_MANIFEST).is_file():
+    if creates_root(path) and not (path / STANDIN_MANIFEST).is_file():
         from harness.data.standin import write_cifar10_standin
 
         log.warning("writing the CIFAR-10-format stand-in (Fashion-MNIST, NOT CIFAR-10) to %s", path)
         write_cifar10_standin(path.parent)
+
+
+def creates_root(root: Path) -> bool:
+    """Whether ``data.root`` is the stand-in's location in the harness cache, which its loader writes on first use
+    (config validation asks the registered factory this instead of requiring the directory to exist)."""
+    return root.name == DIRNAME and root.parent.name == STANDIN_PARENT
 
 
 def read_batch(path: Path) -> dict[str, Any]:
@@ -141,3 +142,6 @@ def cifar10(*, root: str, split: str = "train", limit: int | None = None) -> Arr
             "standin": standin}
     ds = ArrayDataset(x, torch.from_numpy(y), num_classes=len(label_names), name="cifar10", kind="image", info=info)
     return finish(ds, limit)
+
+
+cifar10.creates_root = creates_root  # type: ignore[attr-defined]  (read by harness.config.compose.check_data_root)

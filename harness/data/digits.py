@@ -15,7 +15,7 @@ import torch
 
 from harness.data.base import ArrayDataset, check_split, file_record, finish
 from harness.data.transforms import unit_to_float
-from harness.registry import register
+from harness.core.registry import register
 
 SPLIT_SEED = 0        # fixed: the split is part of the dataset's definition, not of a run
 TRAIN_FRACTION = 0.8

@@ -15,8 +15,8 @@ import torch
 
 from harness.data.base import ArrayDataset, check_split, file_record, finish
 from harness.data.transforms import uint8_to_float
-from harness.errors import DataError
-from harness.registry import register
+from harness.core.errors import DataError
+from harness.core.registry import register
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")  # where `apt-get install dataset-fashion-mnist` puts them
 FILES = {

@@ -25,8 +25,8 @@ from typing import Sequence
 import torch
 
 from harness.data.base import ArrayDataset, check_split
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 DEFAULT_OFFSET = 2.0  # default means: +-2 on the first axis
 DEFAULT_STD = 0.5

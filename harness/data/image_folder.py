@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.base import ArrayDataset, finish, sha256_file
+from harness.core.files import sha256_file
+from harness.data.base import ArrayDataset, finish
 from harness.data.transforms import uint8_to_float
-from harness.errors import ConfigError, DataError
-from harness.registry import register
+from harness.core.errors import ConfigError, DataError
+from harness.core.registry import register
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 MODES = {"RGB": 3, "L": 1}
@@ -90,7 +91,7 @@ def image_folder(*, root: str, image_size: int = 32, mode: str = "RGB", center_c
             "file_list_sha256": listing, "image_size": image_size, "mode": mode, "center_crop": center_crop,
             "license": "as the folder's owner states (unknown to the harness)"}
     if hash_files:
-        info["files"] = {str(p): sha256_file(p) for p, _ in items}
+        info["files"] = {str(p): sha256_file(p, memo=True) for p, _ in items}
     ds = ArrayDataset(uint8_to_float(torch.from_numpy(arrays)), labels, num_classes=len(classes),
                       name="image_folder", kind="image", info=info)
     return finish(ds, limit)

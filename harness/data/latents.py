@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.data.base import ArrayDataset, RowSource, sha256_file
-from harness.errors import ConfigError, DataError
-from harness.registry import register
+from harness.core.files import sha256_file
+from harness.data.base import ArrayDataset, RowSource
+from harness.core.errors import ConfigError, DataError
+from harness.core.registry import register
 
 SCALE_FACTOR = 0.18215  # SD-VAE (stabilityai/sd-vae-ft-*) latent scale used by LDM/DiT/SiT
 FORMAT_HINT = "each shard must be an .npz with 'latents' (n, 4, 32, 32) and 'labels' (n,)"
@@ -128,7 +129,7 @@ def latent_shards(*, root: str, limit: int | None = None, scale_factor: float = 
                             "shards": [p.name for p in used], "scale_factor": float(scale_factor),
                             "prescaled": bool(prescaled), "license": "ImageNet terms of access (non-commercial research)"}
     if hash_files:
-        info["files"] = {str(p): sha256_file(p) for p in used}
+        info["files"] = {str(p): sha256_file(p, memo=True) for p in used}
     rows = ShardRows(arrays, scale=1.0 if prescaled else scale_factor)
     ds = ArrayDataset(rows, y, num_classes=num_classes, name="latent_shards", kind="latent", info=info)
     return ds.head(int(limit)) if limit is not None else ds

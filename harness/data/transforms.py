@@ -10,16 +10,11 @@ Conventions: float images are float32 in [-1, 1], ``(N, C, H, W)``; uint8 images
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-
-if TYPE_CHECKING:
-    from harness.data.base import ArrayDataset
+from harness.core.errors import ConfigError
 
 BACKGROUND = -1.0  # the value padding uses: black, the background of (Fashion-)MNIST digits
 
@@ -90,29 +85,3 @@ def replicate_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         raise ConfigError(f"data.channels={channels}: can only replicate 1-channel images, these have {c}",
                           hint="set data.channels=null")
     return x.expand(-1, channels, -1, -1).contiguous()
-
-
-def apply_image_transforms(ds: "ArrayDataset", *, resolution: int | None, channels: int | None) -> "ArrayDataset":
-    """The generic ``data.resolution`` / ``data.channels`` keys, recorded in ``info['transforms']``."""
-    if ds.kind != "image":
-        raise ConfigError(f"data.resolution/data.channels apply to images only; {ds.name} holds {ds.kind} data",
-                          hint="set data.resolution=null data.channels=null")
-    import copy
-
-    x = ds.x
-    ds = copy.copy(ds)
-    ds.info = copy.deepcopy(ds.info)
-    done: dict[str, object] = {}
-    if resolution is not None:
-        if int(resolution) < 1:
-            raise ConfigError(f"data.resolution must be >= 1, got {resolution}")
-        x, how = pad_or_resize(x, int(resolution))
-        done["resolution"] = {"size": int(resolution), "method": how}
-    if channels is not None:
-        if int(channels) < 1:
-            raise ConfigError(f"data.channels must be >= 1, got {channels}")
-        x = replicate_channels(x, int(channels))
-        done["channels"] = int(channels)
-    ds.x = x
-    ds.info["transforms"] = done
-    return ds

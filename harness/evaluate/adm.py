@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 
 def read_adm_npz(path: Path) -> dict[str, Optional[np.ndarray]]:

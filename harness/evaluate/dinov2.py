@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 from harness.evaluate.feature_extractors import _to_float3, file_sha256
-from harness.registry import register
+from harness.core.registry import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

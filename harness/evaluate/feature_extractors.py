@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import warnings
 from pathlib import Path
@@ -18,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.errors import DataError
-from harness.registry import register
+from harness.core.errors import DataError
+from harness.core.files import sha256_file
+from harness.core.hashing import content_hash
+from harness.core.registry import register
 
 
 def _cache_dir() -> Path:
@@ -27,23 +28,8 @@ def _cache_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a weights file, cached by (path, size, mtime) so 87 MB are hashed once."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
-    cache = _cache_dir() / "sha256.json"
-    known = json.loads(cache.read_text()) if cache.exists() else {}
-    if key not in known:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        known[key] = h.hexdigest()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
-    return known[key]
+    """SHA-256 of a weights file, kept in ``<cache>/sha256.json`` by (path, size, mtime) so 87 MB are hashed once."""
+    return sha256_file(path, cache_file=_cache_dir() / "sha256.json")
 
 
 def _to_float3(images: torch.Tensor) -> torch.Tensor:
@@ -142,7 +128,6 @@ class SmallCNN(torch.nn.Module):
     def _train_or_load(self, train_on: str, epochs: int) -> None:
         """Train as a classifier on ``train_on``'s train split, or load the cached result of doing so."""
         from harness.data.base import build_dataset
-        from harness.units import content_hash
 
         key = content_hash({"seed": self.seed, "dim": self.dim, "resolution": self.resolution, "train_on": train_on,
                             "epochs": epochs, "version": 2})   # 2: trained on one thread

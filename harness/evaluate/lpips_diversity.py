@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 
 TORCHVISION_ALEXNET = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 

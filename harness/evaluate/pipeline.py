@@ -15,10 +15,11 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from harness.registry import get
-from harness.units import content_hash
+from harness.core.registry import get
+from harness.core.files import sha256_file
+from harness.core.hashing import content_hash
+from harness.core.versions import PROTOCOL_VERSION
 
-PROTOCOL_VERSION = "1"
 
 
 def build_sampler(cfg: Mapping[str, Any]):
@@ -96,7 +97,6 @@ def reference_from_npz(path: Path, extractor):
     """Reference from an ADM-format npz: features of its ``arr_0`` batch, else its ``mu``/``sigma`` (FD only)."""
     from harness.evaluate.adm import read_adm_npz
     from harness.evaluate.metrics import FeatureStats
-    from harness.train.checkpoint import sha256_file
 
     arrays = read_adm_npz(path)
     file_hash = sha256_file(path)
@@ -104,7 +104,7 @@ def reference_from_npz(path: Path, extractor):
         feats = extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2))
         return None, feats, file_hash, f"adm-npz:{path}:arr_0"
     if extractor.name != "inception_v3":
-        from harness.errors import DataError
+        from harness.core.errors import DataError
 
         raise DataError(f"{path} holds only mu/sigma, which are Inception-V3 statistics; extractor {extractor.name} cannot use them",
                         hint="use eval=fid_inception, or a reference npz with images (arr_0)")
@@ -180,7 +180,7 @@ def score_npz(path: Path, cfg: Mapping[str, Any], datasets) -> dict[str, Any]:
 
     arrays = read_adm_npz(Path(path))
     if arrays.get("arr_0") is None:
-        from harness.errors import DataError
+        from harness.core.errors import DataError
 
         raise DataError(f"{path} has no sample batch arr_0", hint="expected an ADM-format sample npz (arr_0: uint8 N x H x W x C)")
     imgs = torch.from_numpy(np.asarray(arrays["arr_0"])).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from harness.errors import DataError
+from harness.core.errors import DataError
 from harness.evaluate.metrics import (FeatureStats, fd_from_stats, frechet_distance, inception_score, kernel_inception_distance,
                                       precision_recall)
 

@@ -1,13 +1,16 @@
-"""The DAG a launcher runs: stages of tasks, each task one ``SweepTask`` call.
+"""The DAG a launcher runs: stages of tasks, each task one call of the callable the sweep hands in.
 
 Stages run in order (DESIGN.md: aux -> experts -> evaluate); tasks inside a stage are independent
 (one SLURM array, or up to ``max_parallel`` local subprocesses).  A launcher only decides *where*
-tasks run; what they do is :class:`harness.sweep.tasks.SweepTask`.
+tasks run; what they do is the callable it is given (the sweep's ``SweepTask``), so this layer
+never imports the sweep.  Launchers are plug-ins (``@register("launcher", NAME)``): the config
+validates ``launcher.*`` through :meth:`Launcher.check_config` without importing them.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 
 @dataclasses.dataclass
@@ -58,3 +61,42 @@ def describe_dag(stages: list[Stage]) -> str:
 def error_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}"[:500]
+
+
+TaskFn = Callable[..., Any]   # called as fn(*task.args()); picklable (submitit sends it to another process)
+
+
+class Launcher:
+    """Where tasks run.  Subclasses: ``run`` a DAG of stages, ``submit_workers`` for n copies of one call."""
+
+    name = ""
+    default_parallel = 1      # tasks at once when neither the config nor --max-parallel says
+    detaches = False          # True: ``run(..., detach=True)`` submits and returns (a scheduler holds the jobs)
+
+    def __init__(self, max_parallel: int = 1, profile: Optional[str] = None) -> None:
+        self.max_parallel = max(1, int(max_parallel))
+
+    def dry_run(self, stages: list[Stage], folder: Path) -> str:
+        """What ``run`` would do, as text; nothing is started."""
+        return describe_dag(stages)
+
+    @classmethod
+    def check_config(cls, node: Any) -> None:
+        """Checks of the launcher node beyond types (e.g. the SLURM profile exists); ConfigError naming the key."""
+
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
+        raise NotImplementedError
+
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
+        """Run ``fn(*args)`` in ``workers`` jobs and wait for them (Optuna search workers)."""
+        raise NotImplementedError
+
+
+def collect(out: Outcome, jobs: list[Any]) -> Outcome:
+    """Wait for submitit jobs; a crashed one is recorded as a one-line error, not raised."""
+    for j in jobs:
+        try:
+            j.result()
+        except Exception as err:  # noqa: BLE001 - recorded, the caller reports it
+            out.errors.append((None, error_line(err).splitlines()[0]))
+    return out

@@ -8,54 +8,62 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
-from harness.launch.base import Outcome, Stage, error_line
+from harness.core.registry import register
+from harness.launch.base import Launcher, Outcome, Stage, TaskFn, collect, error_line
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes; a cell may train for hours
 
 
-class DebugLauncher:
+@register("launcher", "debug")
+class DebugLauncher(Launcher):
     """Every task in this process, in order; the first failure raises (fail fast, full traceback)."""
 
     name = "debug"
 
-    def __init__(self, max_parallel: int = 1) -> None:
-        self.max_parallel = 1
+    def __init__(self, max_parallel: int = 1, profile: Optional[str] = None) -> None:
+        super().__init__(1)
 
-    def run(self, stages: list[Stage], folder: Path, detach: bool = False) -> Outcome:
-        from harness.sweep.tasks import SweepTask
-
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
         out = Outcome()
         for st in stages:
             for task in st.tasks:
-                out.results.append((task, SweepTask()(*task.args())))
+                out.results.append((task, task_fn(*task.args())))
         return out
 
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
+        fn(*args)   # one worker, in this process
+        return Outcome()
 
-class LocalLauncher:
+
+@register("launcher", "local")
+class LocalLauncher(Launcher):
     """submitit LocalExecutor subprocesses; a failed task is recorded and the sweep goes on."""
 
     name = "local"
 
-    def __init__(self, max_parallel: int = 1, poll_s: float = 0.5) -> None:
-        self.max_parallel = max(1, int(max_parallel))
+    def __init__(self, max_parallel: int = 1, profile: Optional[str] = None, poll_s: float = 0.5) -> None:
+        super().__init__(max_parallel)
         self.poll_s = poll_s
 
-    def run(self, stages: list[Stage], folder: Path, detach: bool = False) -> Outcome:
+    @staticmethod
+    def executor(folder: Path):
         import submitit
-
-        from harness.sweep.tasks import SweepTask
 
         executor = submitit.LocalExecutor(folder=str(folder / "submitit"))
         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
+        return executor
+
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
+        executor = self.executor(folder)
         out = Outcome()
         for st in stages:
             queue, running = list(st.tasks), []
             while queue or running:
                 while queue and len(running) < self.max_parallel:
                     task = queue.pop(0)
-                    job = executor.submit(SweepTask(), *task.args())
+                    job = executor.submit(task_fn, *task.args())
                     out.jobs.setdefault(st.name, []).append(job.job_id)
                     running.append((task, job))
                 time.sleep(self.poll_s)
@@ -71,3 +79,8 @@ class LocalLauncher:
                         out.errors.append((task, error_line(err).splitlines()[0]))
                 running = still
         return out
+
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
+        ex = self.executor(folder)
+        jobs = [ex.submit(fn, *args) for _ in range(workers)]
+        return collect(Outcome(jobs={"search": [j.job_id for j in jobs]}), jobs)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from harness.errors import ConfigError
-from harness.launch.base import Outcome, Stage, describe_dag, error_line
-from harness.registry import suggest
+from harness.core.errors import ConfigError
+from harness.core.registry import register, suggest
+from harness.launch.base import Launcher, Outcome, Stage, TaskFn, collect, describe_dag, error_line
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 PROFILE_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": (int, float),
@@ -65,16 +65,26 @@ def sbatch_parameters(profile: dict[str, Any], *, job_name: str, dependency: Opt
     return p
 
 
-class SlurmLauncher:
+DEFAULT_PROFILE = "local_test"
+
+
+@register("launcher", "slurm")
+class SlurmLauncher(Launcher):
     """Submit each stage as a job array depending on the previous one; block unless ``detach``."""
 
     name = "slurm"
+    default_parallel = 16
+    detaches = True
 
-    def __init__(self, profile: str = "local_test", max_parallel: int = 16, poll_s: float = 2.0) -> None:
-        self.profile_name = profile
-        self.profile = load_profile(profile)   # a missing profile fails before anything is submitted
-        self.max_parallel = max(1, int(max_parallel))
+    def __init__(self, max_parallel: int = 16, profile: Optional[str] = None, poll_s: float = 2.0) -> None:
+        super().__init__(max_parallel)
+        self.profile_name = profile or DEFAULT_PROFILE
+        self.profile = load_profile(self.profile_name)   # a missing profile fails before anything is submitted
         self.poll_s = poll_s
+
+    @classmethod
+    def check_config(cls, node: Any) -> None:
+        load_profile(node.profile or DEFAULT_PROFILE)
 
     def dry_run(self, stages: list[Stage], folder: Path) -> str:
         """The DAG and, per stage, the sbatch script submitit would submit (dependencies as placeholders)."""
@@ -96,10 +106,8 @@ class SlurmLauncher:
             prev = st.name
         return "\n".join(out)
 
-    def run(self, stages: list[Stage], folder: Path, detach: bool = False) -> Outcome:
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
         import submitit
-
-        from harness.sweep.tasks import SweepTask
 
         out = Outcome(detached=detach)
         prev_id: Optional[str] = None
@@ -111,7 +119,7 @@ class SlurmLauncher:
                                                      dependency=f"afterany:{prev_id}" if prev_id else None,
                                                      array_parallelism=self.max_parallel))
             with ex.batch():
-                jobs = [ex.submit(SweepTask(), *t.args()) for t in st.tasks]
+                jobs = [ex.submit(task_fn, *t.args()) for t in st.tasks]
             out.jobs[st.name] = [j.job_id for j in jobs]
             prev_id = jobs[0].job_id.split("_")[0]
             submitted.extend(zip(st.tasks, jobs))
@@ -133,3 +141,12 @@ class SlurmLauncher:
                  else out.results.append((task, job.result())))
             pending = still
         return out
+
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
+        import submitit
+
+        ex = submitit.SlurmExecutor(folder=str(folder / "submitit" / "%j"))
+        ex.update_parameters(**sbatch_parameters(self.profile, job_name=job_name, dependency=None,
+                                                 array_parallelism=workers))
+        jobs = [ex.submit(fn, *args) for _ in range(workers)]
+        return collect(Outcome(jobs={"search": [j.job_id for j in jobs]}), jobs)

@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from harness.errors import ConfigError
-from harness.registry import get, suggest
+from harness.core.errors import ConfigError
+from harness.core.registry import get, suggest
 
 NetFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 

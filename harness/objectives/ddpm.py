@@ -5,11 +5,11 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.objectives.base import NetFn, Objective, _bcast
 from harness.objectives.conversions import DAMPINGS, seed003_velocity, snr_aligned_velocity
 from harness.objectives.schedules import make_schedule
-from harness.registry import register
+from harness.core.registry import register
 
 
 @register("objective", "ddpm")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from harness.objectives.base import NetFn, Objective, _bcast
-from harness.registry import register
+from harness.core.registry import register
 
 
 def interpolate(x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ from typing import Optional
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.objectives.base import NetFn, Objective
 from harness.objectives.flow_matching import interpolate
-from harness.registry import register
+from harness.core.registry import register
 
 
 @register("objective", "router_ce")
@@ -33,4 +33,4 @@ class RouterCrossEntropy(Objective):
         return torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
 
     def velocity(self, net: NetFn, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
-        raise TypeError("router_ce trains a classifier p(k | x_t, t), not a velocity field; wrap it in harness.mixture.NetRouter")
+        raise TypeError("router_ce trains a classifier p(k | x_t, t), not a velocity field; wrap it in harness.field.mixture.NetRouter")

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 class Schedule:

@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from harness.errors import ConfigError
-from harness.registry import register
+from harness.core.errors import ConfigError
+from harness.core.registry import register
 
 
 def _check_interval(interval: tuple[float, float]) -> tuple[float, float]:
@@ -108,8 +108,8 @@ class PerBatchExpert:
     """
 
     def __init__(self, boundaries: list[float], base: str = "uniform", base_kwargs: dict | None = None) -> None:
-        from harness.field import check_boundaries
-        from harness.registry import get
+        from harness.core.intervals import check_boundaries
+        from harness.core.registry import get
 
         self.boundaries = check_boundaries(boundaries, key="objective.time_sampler_kwargs.boundaries")
         if base == "per_batch_expert":

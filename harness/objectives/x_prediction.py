@@ -13,7 +13,7 @@ import torch
 from harness.objectives.base import NetFn, Objective
 from harness.objectives.conversions import velocity_from_x1
 from harness.objectives.flow_matching import interpolate
-from harness.registry import register
+from harness.core.registry import register
 
 
 @register("objective", "x_prediction")

@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.field import Field
-from harness.registry import register
+from harness.core.registry import register
 
 
 class Counted:

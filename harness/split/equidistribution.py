@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 
 def boundaries_from_monitor(grid: Sequence[float], curve: Sequence[float], n: int, *,

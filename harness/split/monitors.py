@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from harness.field import Field
-from harness.registry import register
+from harness.core.registry import register
 from harness.sample import seeded_noise_and_labels
 
 

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from harness.errors import ConfigError
-from harness.registry import suggest
-from harness.units import NON_WEIGHT_TRAIN_KEYS, content_hash
+from harness.config import hydra_value
+from harness.core.errors import ConfigError
+from harness.core.registry import suggest
+from harness.train.units import NON_WEIGHT_TRAIN_KEYS
+from harness.core.hashing import content_hash
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "list", "derive", "optuna", "metric", "plot")
 # config nodes that cannot change a result: bookkeeping, where files go, how jobs are launched
@@ -76,21 +77,6 @@ class SweepSpec:
     optuna: Optional[dict[str, Any]]
     metric: Optional[str]
     plot: dict[str, Any]
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value as Hydra override syntax: None -> null, True -> true, [a, b] -> [a,b]."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def _as_overrides(where: str, obj: Any) -> dict[str, str]:
@@ -204,13 +190,3 @@ def sweep_dir(spec: SweepSpec, cells: Sequence[Cell]) -> Path:
         raise ConfigError(f"{spec.path}: paths.workdir differs between cells ({', '.join(sorted(workdirs))})",
                           hint="cells share units only within one workdir; set paths.workdir in base")
     return Path(workdirs.pop()) / "sweeps" / spec.name
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file and rename, so a killed process never leaves half a record."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from harness.sweep.spec import write_json_atomic
+from harness.core.files import write_json_atomic
 
 STATES = ("finished", "failed", "running", "pending")
 

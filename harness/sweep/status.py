@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.sweep import state
 
 
@@ -64,7 +64,7 @@ def recorded_sweep(path: Path):
     could name other cells.
     """
     from harness.config import load
-    from harness.sweep.runner import Sweep
+    from harness.sweep.load import Sweep
     from harness.sweep.spec import Cell, read_spec
 
     spec = read_spec(path)
@@ -82,7 +82,7 @@ def recorded_sweep(path: Path):
 
 def print_status(name: str, echo: Callable[..., Any] = print) -> dict[str, Any]:
     """Print the cell table, MLflow statuses and SLURM job states; returns them."""
-    from harness.sweep.runner import load_sweep
+    from harness.sweep.load import load_sweep
     from harness.sweep.summary import cell_rows, plot, print_table
 
     sweep = recorded_sweep(resolve_file(name)) or load_sweep(resolve_file(name))

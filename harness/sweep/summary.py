@@ -90,7 +90,7 @@ def plot(sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]
     done = [r for r in rows if r["value"] is not None and x in r["delta"]]
     if x is None or not done:
         return None
-    from harness.figures import pyplot, save_png
+    from harness.core.figures import pyplot, save_png
 
     plt = pyplot()
 

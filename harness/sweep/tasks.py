@@ -17,14 +17,17 @@ try:  # submitit is a dependency; the base class only adds the requeue hook
 except ImportError:  # pragma: no cover
     Checkpointable = object  # type: ignore[misc,assignment]
 
+from harness.config import load
+from harness.pipeline.assemble import experiment_units, method_for
+from harness.pipeline.experiment import run_experiment
+from harness.pipeline.training import train_units
 from harness.sweep import state
+from harness.train.units import done_record
 
 STAGES = ("prepare", "units", "evaluate")
 
 
 def _cell_config(sweep_dir: Path, cell_id: str) -> dict[str, Any]:
-    from harness.config import load
-
     cell = state.read_json(state.cell_dir(sweep_dir, cell_id) / "cell.json")
     if cell is None:
         raise FileNotFoundError(f"{state.cell_dir(sweep_dir, cell_id)}/cell.json is missing: re-run `harness sweep`")
@@ -39,21 +42,17 @@ def _tracker(cfg):
 
 def prepare_cell(sweep_dir: Path, cell_id: str, sweep_run_id: Optional[str] = None) -> dict[str, Any]:
     """Decide the cell's units (e.g. CBS: train/reuse the aux model, compute the boundaries; cached)."""
-    from harness.experiment import method_for
-
     cfg = _cell_config(sweep_dir, cell_id)
     method = method_for(cfg, tracker=_tracker(cfg), parent_id=sweep_run_id)
-    return {"units": {role: spec.hash for role, spec in method.units().items()}}
+    return {"units": {role: spec.hash for role, spec in experiment_units(cfg, method).items()}}
 
 
 def train_cell_units(sweep_dir: Path, cell_id: str, roles: Optional[Sequence[str]] = None,
                      sweep_run_id: Optional[str] = None) -> dict[str, Any]:
     """Train (or reuse) the cell's units ``roles`` (all when None); a unit another job trains is waited for."""
-    from harness.experiment import method_for, train_units
-
     cfg = _cell_config(sweep_dir, cell_id)
     tracker = _tracker(cfg)
-    units = method_for(cfg, tracker=tracker, parent_id=sweep_run_id).units()
+    units = experiment_units(cfg, method_for(cfg, tracker=tracker, parent_id=sweep_run_id))
     chosen = {r: s for r, s in units.items() if roles is None or r in roles}
     counts = train_units(chosen, cfg, tracker=tracker, parent_id=sweep_run_id)
     trained = [chosen[r].hash for r in counts["trained"]]
@@ -65,12 +64,9 @@ def train_cell_units(sweep_dir: Path, cell_id: str, roles: Optional[Sequence[str
 def evaluate_cell(sweep_dir: Path, cell_id: str, sweep_run_id: Optional[str] = None,
                   sweep_name: str = "", tags: Optional[dict[str, str]] = None) -> dict[str, Any]:
     """Run the cell's experiment (its units are normally trained by now) and write its result record."""
-    from harness.experiment import method_for, run_experiment
-    from harness.units import done_record
-
     cfg = _cell_config(sweep_dir, cell_id)
     workdir = Path(cfg["paths"]["workdir"])
-    units = method_for(cfg).units()
+    units = experiment_units(cfg, method_for(cfg))
     missing = {spec.hash for spec in units.values() if done_record(spec.directory(workdir)) is None}
     res = run_experiment(cfg, parent_id=sweep_run_id, tags={"harness.sweep": sweep_name, "harness.cell_id": cell_id, **(tags or {})})
     trained = sorted(missing)

@@ -1,4 +1,4 @@
-"""A resumable record of experiment cells, and the paired statistics the mini reproductions report.
+"""A resumable record of experiment cells for the mini reproductions (their statistics: :mod:`harness.core.stats`).
 
 The ``scripts/reproduce_*_mini.py`` scripts run a grid of ordinary ``harness run`` cells (method x seed)
 on a shared CPU where a run can be killed at any time.  ``CellLog`` keeps every finished cell in one JSON
@@ -8,11 +8,11 @@ cell in flight (units inside it are content-hashed and resume on their own).
 from __future__ import annotations
 
 import json
-import math
-import os
-import statistics
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
+
+from harness.core.files import write_json_atomic
+
 
 
 def metric_key(metrics: Mapping[str, Any], prefix: str) -> str:
@@ -25,23 +25,6 @@ def metric_key(metrics: Mapping[str, Any], prefix: str) -> str:
     if not keys:
         raise KeyError(f"no metric named {prefix}* among {sorted(metrics)}")
     return keys[0]
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(n)); the SE is NaN for a single value."""
-    m = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return m, se
-
-
-def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, float, int, int]:
-    """Mean and SE of a - b over the seeds both have, the number of such seeds, and how many have a < b."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        raise ValueError("no seed is common to both sides of the paired difference")
-    d = [a[s] - b[s] for s in seeds]
-    mu, se = mean_se(d)
-    return mu, se, len(d), sum(x < 0 for x in d)
 
 
 def reading_section(reading: str | None) -> list[str]:
@@ -75,10 +58,7 @@ class CellLog:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if self._key(r) != self._key(row)] + [row]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.rows, indent=1, default=str))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.rows)
 
     def check_same_protocol(self, key: str = "weights_sha256") -> str:
         """The one value of ``protocol[key]`` across all cells; SystemExit naming the cells when they differ.

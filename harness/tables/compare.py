@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from harness.core.stats import ci95
 from harness.tables.paper import PaperEntry, PaperTable
 
 MISSING = "missing"
@@ -69,18 +70,6 @@ def match_mask(runs: pd.DataFrame, match: Optional[Mapping[str, Any]]) -> pd.Ser
         else:
             mask &= have.notna() & have.map(lambda v: _norm(v) == _norm(want))
     return mask
-
-
-def ci95(values: Sequence[float]) -> tuple[float, Optional[float]]:
-    """(mean, half-width of the 95 % Student-t interval); half-width None for a single value."""
-    from scipy import stats
-
-    vals = [float(v) for v in values]
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    return mean, float(stats.t.ppf(0.975, len(vals) - 1) * sd / math.sqrt(len(vals)))
 
 
 def format_value(mean: float, half: Optional[float], n: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 STATUSES = ("transcribed", "partial", "body_missing")
@@ -171,7 +171,7 @@ def select_tables(tables: list[PaperTable], name: Optional[str]) -> list[PaperTa
         return tables
     chosen = [t for t in tables if t.id == name]
     if not chosen:
-        from harness.registry import suggest
+        from harness.core.registry import suggest
 
         ids = [t.id for t in tables]
         raise ConfigError(f"--table: unknown table {name!r}.{suggest(name, ids)} Known: {', '.join(ids)}")

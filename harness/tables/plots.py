@@ -3,7 +3,7 @@
 The standard figures read the runs DataFrame of :mod:`harness.tables.runs`: quality vs N (naive vs CBS,
 seed 000 Tab. 4), quality vs boundary perturbation (seed 000 Tab. 5), quality vs GFLOPs per NFE (the
 guidance Pareto front, seed 004 Tab. 2).  The y-axis is labelled with the metric's own protocol
-(FID only for Inception-V3 features).  The monitor curve is ``harness.split.run.plot_split`` and the
+(FID only for Inception-V3 features).  The monitor curve is ``harness.pipeline.split.plot_split`` and the
 sample grid ``harness.evaluate.pipeline.sample_grid``; both are logged by the runs that make them.
 """
 from __future__ import annotations
@@ -12,21 +12,22 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+Row = tuple[str, float, float]   # (method label, GFLOPs, metric value): lower is better for both
+
 import pandas as pd
 
-from harness.tables.compare import ci95, latest_per_seed, metric_columns, metric_protocol
+from harness.core import stats
+from harness.core.figures import pyplot, save_png
+from harness.core.stats import ci95
+from harness.tables.compare import latest_per_seed, metric_columns, metric_protocol
 
 
 def _plt():
-    from harness.figures import pyplot
-
     return pyplot()
 
 
-def _save(fig, path: Path) -> Path:
-    from harness.figures import save_png
-
-    return save_png(fig, path)
+def _save(fig, path: Path, dpi: Optional[int] = None) -> Path:
+    return save_png(fig, path, dpi=dpi)
 
 
 def aggregate(df: pd.DataFrame, x: str, y: str, group: Optional[str] = None) -> pd.DataFrame:
@@ -63,13 +64,9 @@ def line_plot(points: pd.DataFrame, x: str, path: Path, *, group: Optional[str] 
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str = "mean") -> pd.DataFrame:
-    """Points not dominated in (lower ``x``, lower ``y``), sorted by ``x``."""
-    front, best = [], float("inf")
-    for _, p in points.sort_values([x, y]).iterrows():
-        if p[y] < best:
-            front.append(p)
-            best = p[y]
-    return pd.DataFrame(front)
+    """Points not dominated in (lower ``x``, lower ``y``), sorted by ``x`` (:func:`harness.core.stats.pareto_front`)."""
+    xs, ys = points[x].astype(float).tolist(), points[y].astype(float).tolist()
+    return points.iloc[stats.pareto_front(list(zip(xs, ys)))]
 
 
 def pareto_plot(points: pd.DataFrame, x: str, label: str, path: Path, *, title: str = "", xlabel: str = "",
@@ -90,6 +87,28 @@ def pareto_plot(points: pd.DataFrame, x: str, label: str, path: Path, *, title: 
     return _save(fig, path)
 
 
+def scatter_pareto(rows: Sequence[Row], path: Path | str, *, metric_label: str, gflops_label: str = "GFLOPs per image",
+                title: str = "") -> Path:
+    """Scatter every row (one colour per method label) and draw the Pareto front; writes a PNG."""
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    labels = list(dict.fromkeys(r[0] for r in rows))
+    for i, label in enumerate(labels):
+        pts = [(g, m) for lab, g, m in rows if lab == label]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, color=f"C{i % 10}", s=30)
+    front = [rows[i] for i in stats.pareto_front([(float(g), float(m)) for _, g, m in rows])]
+    ax.plot([r[1] for r in front], [r[2] for r in front], color="black", lw=1, ls="--", label="Pareto front")
+    ax.set_xlabel(gflops_label)
+    ax.set_ylabel(f"{metric_label} (lower is better)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path, dpi=120)
+
+
 def quality_metric(runs: pd.DataFrame) -> Optional[str]:
     """The FID-like metric column the runs carry (FID on Inception-V3 preferred, then FD stand-ins)."""
     cols = [c for c in metric_columns(runs, "fid") if runs[c].notna().any()]
@@ -97,8 +116,10 @@ def quality_metric(runs: pd.DataFrame) -> Optional[str]:
 
 
 def _n_of(runs: pd.DataFrame) -> pd.Series:
-    n = runs.get("params.method.n", pd.Series(None, index=runs.index))
-    return n.where(n.notna(), runs["params.method.name"].map(lambda m: "1" if m == "monolithic" else None)).astype(float)
+    """Time intervals (N) of each run: the tag every run records (``harness.time_experts``), else ``method.n``."""
+    n = runs.get("tags.harness.time_experts", pd.Series(None, index=runs.index, dtype=object))
+    fallback = runs.get("params.method.n", pd.Series(None, index=runs.index, dtype=object))
+    return n.where(n.notna(), fallback).astype(float)
 
 
 def standard_plots(runs: pd.DataFrame, out_dir: Path) -> list[Path]:

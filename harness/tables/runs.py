@@ -10,7 +10,7 @@ from typing import Optional
 
 import pandas as pd
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 SWEEP_TAG = "harness.sweep"          # runs of one sweep carry tags.harness.sweep=<name>
 

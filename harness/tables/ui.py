@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.tables.runs import StoreError, check_store, sqlite_path
 
 HOST = "127.0.0.1"

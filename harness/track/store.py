@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 
 MAX_PARAM_LEN = 6000
 

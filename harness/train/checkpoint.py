@@ -10,34 +10,17 @@ So a killed or failed save (full disk) never replaces a good checkpoint, and
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from harness.errors import CheckpointError
+from harness.core.errors import CheckpointError
+from harness.core.files import fsync_dir, sha256_file, write_atomic
 
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _os_error(exc: BaseException) -> Optional[OSError]:
@@ -51,19 +34,6 @@ def _os_error(exc: BaseException) -> Optional[OSError]:
     return None
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(directory: Path, step: int, payload: dict[str, Any], *, config: dict[str, Any],
                     config_version: int, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically; prune to the newest ``keep``. Returns the .pt path."""
@@ -73,11 +43,11 @@ def save_checkpoint(directory: Path, step: int, payload: dict[str, Any], *, conf
     meta_path = path.with_suffix(".json")
     body = dict(payload, step=int(step), config_json=json.dumps(config, sort_keys=True))
     try:
-        _write_atomic(path, lambda f: torch.save(body, f))
+        write_atomic(path, lambda f: torch.save(body, f))
         meta = {"step": int(step), "sha256": sha256_file(path), "size": path.stat().st_size,
                 "format_version": FORMAT_VERSION, "config_version": config_version}
-        _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        _fsync_dir(directory)
+        write_atomic(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        fsync_dir(directory)
     except (OSError, RuntimeError) as exc:
         err = _os_error(exc)
         if err is None:

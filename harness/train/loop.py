@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,16 +16,18 @@ from typing import Any, Optional
 
 import torch
 
-from harness.config import CONFIG_VERSION
+from harness.backbones.build import build_backbone
+from harness.core.files import sha256_file
+from harness.core.hashing import derived_seed
+from harness.core.versions import CONFIG_VERSION
 from harness.objectives import build_objective
-from harness.train.checkpoint import load_latest, save_checkpoint, sha256_file
-from harness.units import UnitSpec, build_backbone, done_record
+from harness.train.checkpoint import load_latest, save_checkpoint
+from harness.train.units import UnitSpec, done_record
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A generator that depends only on (seed, step): resumption and DDP need nothing else."""
-    digest = hashlib.sha256(f"harness:{seed}:{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.Generator().manual_seed(derived_seed("harness", seed, step))
 
 
 def draw_batch(dataset, step: int, *, seed: int, batch_size: int, interval: tuple[float, float], objective,
@@ -89,7 +90,7 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     dataset = dataset if dataset is not None else build_dataset(spec.data)
     if tc["batch_size"] % world:
-        from harness.errors import ConfigError
+        from harness.core.errors import ConfigError
 
         raise ConfigError(f"train.batch_size={tc['batch_size']} is not divisible by the {world} DDP processes")
     objective = build_objective(spec.objective)
@@ -201,7 +202,7 @@ def _progress(enabled: bool, label: str, total: int, start: int) -> Optional[_Ba
 
 def load_unit_field_parts(spec: UnitSpec, workdir: Path, *, use_ema: bool = True, device: str = "cpu"):
     """(model in eval mode, objective, record) of a finished unit, loaded from its checksummed checkpoint."""
-    from harness.errors import CheckpointError
+    from harness.core.errors import CheckpointError
     from harness.train.checkpoint import load_checkpoint
 
     unit_dir = spec.directory(workdir)

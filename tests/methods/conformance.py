@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from harness.config import load
-from harness.experiment import method_for
-from harness.units import build_backbone
+from harness.pipeline.assemble import method_for
+from harness.backbones.build import build_backbone
 
 TINY = ["data=gaussian_mixture", "data.n=64", "backbone=mlp_tiny", "eval=fd_raw", "train.steps=2"]
 

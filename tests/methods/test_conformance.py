@@ -3,7 +3,7 @@ import importlib
 
 import pytest
 
-from harness.registry import registry
+from harness.core.registry import registry
 from tests.methods.conformance import check_method
 
 EXTRA = {"naive_split": ["method.n=3"], "cbs": ["method.n=3", "split.field=exact", "split.trajectories=32"],

@@ -21,8 +21,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from harness.errors import ConfigError
-from harness.field import Field
+from harness.core.errors import ConfigError
+from harness.field.base import Field
 
 MODES = ("top1", "topk", "full")
 

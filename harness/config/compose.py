@@ -13,12 +13,13 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from harness.errors import ConfigError
-from harness.registry import get, suggest
-from harness.schema import SCHEMAS, check_dataclass, check_kwargs
+from harness.config.schema import SCHEMAS, check_dataclass, check_kwargs
+from harness.core.errors import ConfigError
+from harness.core.registry import get, registry, suggest
 
-CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("data", "backbone", "objective", "method", "sampler", "eval", "launcher", "tracking", "experiment", "guidance")
+CONF_DIR = Path(__file__).parent.parent / "conf"
+GROUPS = ("data", "backbone", "objective", "method", "sampler", "eval", "launcher", "tracking", "experiment", "guidance",
+          "split")
 # node -> registry kind for plug-in nodes ({name: <key>, **kwargs})
 PLUGIN_NODES = {"data": "dataset", "backbone": "backbone", "objective": "objective", "method": "method", "sampler": "sampler",
                 "guidance": "guidance"}
@@ -26,7 +27,6 @@ PLUGIN_NODES = {"data": "dataset", "backbone": "backbone", "objective": "objecti
 DATA_GENERIC_KEYS = {"resolution": int | None, "channels": int | None, "subset_fraction": float, "subset_seed": int}
 # arguments a backbone gets from the data, not from its config node
 INJECTED = {"self", "cfg", "in_shape", "num_classes"}
-CONFIG_VERSION = 1  # bump when a key changes meaning; stored with every unit and checkpoint
 
 
 def options(group: str, hidden: bool = False) -> list[str]:
@@ -102,17 +102,33 @@ def compose(overrides: Sequence[str] = ()) -> Any:
 
 
 def plugin_signature(kind: str, name: str) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
-    """Parameters and type hints of the registered object (its __init__ for classes)."""
+    """Parameters and type hints of the registered object (its __init__ for classes).
+
+    A class whose ``__init__`` takes ``**kwargs`` and passes them up accepts its bases' keywords too,
+    so the signature is read along the class hierarchy until an ``__init__`` without ``**kwargs``
+    (a subclass such as ``HeteroDDM`` names only its own keys).  The first definition of a key wins,
+    so a subclass may change a default (CBS's ``n``).  ``open_kwargs``: the chain ends in ``**kwargs``.
+    """
     obj = get(kind, name)
-    target = obj.__init__ if inspect.isclass(obj) else obj
-    sig = inspect.signature(target)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:
-        hints = {}
-    params = {k: p for k, p in sig.parameters.items() if k not in INJECTED
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    open_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    targets = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c) and c is not object] if inspect.isclass(obj) else [obj]
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    open_kwargs = False
+    for target in targets:
+        sig = inspect.signature(target)
+        try:
+            own_hints = typing.get_type_hints(target)
+        except Exception:
+            own_hints = {}
+        for k, p in sig.parameters.items():
+            if k in INJECTED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or k in params:
+                continue
+            params[k] = p
+            if k in own_hints:
+                hints[k] = own_hints[k]
+        open_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+        if not open_kwargs:
+            break
     return params, hints, open_kwargs
 
 
@@ -134,51 +150,75 @@ def check_plugin_node(node_name: str, kind: str, node: Mapping[str, Any]) -> Non
         raise ConfigError(f"{node_name}.{required[0]}: a value is required for {node['name']!r}")
 
 
+def config_nodes() -> dict[str, type]:
+    """Root nodes with a schema: the engine's (train, eval, ...) and those plug-ins register (``split``)."""
+    nodes = dict(SCHEMAS)
+    for key in registry("config_node").keys():
+        nodes[key] = registry("config_node").get(key)
+    return nodes
+
+
 def validate(cfg: Any) -> dict[str, Any]:
     """Validate a composed config; return it as a plain dict. Raises one-line ConfigError."""
     from omegaconf import OmegaConf
 
     plain = OmegaConf.to_container(cfg, resolve=True)
-    allowed = set(GROUPS) - {"experiment"} | set(SCHEMAS)
+    nodes = config_nodes()
+    allowed = set(GROUPS) - {"experiment"} | set(nodes)
     for key in plain:
         if key not in allowed:
             raise ConfigError(f"{key}: unknown top-level key.{suggest(key, allowed)} Known: {', '.join(sorted(allowed))}")
-    for key, cls in SCHEMAS.items():
+    for key, cls in nodes.items():
         check_dataclass(key, plain.get(key) or {}, cls)
     for node_name, kind in PLUGIN_NODES.items():
         check_plugin_node(node_name, kind, plain[node_name])
-    root = plain["data"].get("root")
-    if root and not Path(str(root)).expanduser().exists() and not _writes_itself(Path(str(root))):
-        raise ConfigError(f"data.root: {root} does not exist", hint="point data.root at the dataset directory")
-    method_cls = get("method", plain["method"]["name"])
-    check = getattr(method_cls, "check_config", None)
-    if check is not None:
-        check(plain)
-    from harness.guidance import check_guidance_config
-
-    check_guidance_config(plain)  # gamma ranges, AG's weak model, labels for CFG (seed 004)
+    check_data_root(plain["data"])
+    for node_name in ("method", "guidance"):  # cross-key invariants, through the registry (the engine names no plug-in)
+        node = plain.get(node_name)
+        if node:
+            get(PLUGIN_NODES[node_name], node["name"]).check_config(plain)
     _instantiate_light(plain)
     if plain["eval"].get("extractor"):
         get("extractor", plain["eval"]["extractor"])
     return plain
 
 
-def _writes_itself(root: Path) -> bool:
-    """The CIFAR-10-format stand-in's directory is written by its loader on first use."""
-    from harness.data.cifar10 import STANDIN_PARENT
-
-    return root.name == "cifar-10-batches-py" and root.parent.name == STANDIN_PARENT
+def check_data_root(data: Mapping[str, Any]) -> None:
+    """``data.root`` must exist, unless the dataset writes that directory itself (``creates_root(path)``
+    on its factory: the CIFAR-10-format stand-in in the harness cache)."""
+    root = data.get("root")
+    if not root or Path(str(root)).expanduser().exists():
+        return
+    creates_root = getattr(get("dataset", data["name"]), "creates_root", None)
+    if creates_root is None or not creates_root(Path(str(root))):
+        raise ConfigError(f"data.root: {root} does not exist", hint="point data.root at the dataset directory")
 
 
 def _instantiate_light(plain: Mapping[str, Any]) -> None:
-    """Build the cheap plug-ins (objective, sampler) so their own value checks run before anything else."""
-    from harness.objectives import build_objective
+    """Build the cheap plug-ins (objective, sampler) through the registry so their own value checks run now.
 
-    build_objective(plain["objective"])
-    node = plain["sampler"]
-    get("sampler", node["name"])(**{k: v for k, v in node.items() if k != "name"})
+    Their keys were already checked against the registered signatures by :func:`check_plugin_node`.
+    """
+    for node_name in ("objective", "sampler"):
+        node = plain[node_name]
+        get(PLUGIN_NODES[node_name], node["name"])(**{k: v for k, v in node.items() if k != "name"})
 
 
 def load(overrides: Iterable[str] = ()) -> dict[str, Any]:
     """compose + validate: the one entry point commands use."""
     return validate(compose(list(overrides)))
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value as Hydra override syntax: None -> null, True -> true, [a, b] -> [a,b]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

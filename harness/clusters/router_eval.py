@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from harness.mixture import Router
+from harness.field.mixture import Router
 
 
 @torch.no_grad()
@@ -37,7 +37,7 @@ def accuracy_curve(router: Router, x1: torch.Tensor, ids: torch.Tensor, ts: Sequ
 
 def plot_accuracy_curve(curve: list[dict[str, float]], path: Path, title: str = "router accuracy vs t") -> Path:
     """PNG of accuracy vs t (harness time: 0 noise, 1 data) with the chance level."""
-    from harness.figures import pyplot, save_png
+    from harness.core.figures import pyplot, save_png
 
     plt = pyplot()
 

@@ -13,7 +13,7 @@ import inspect
 import pkgutil
 from typing import Any, Callable, Dict, Generic, Iterable, List, Optional, TypeVar
 
-from harness.errors import RegistryError
+from harness.core.errors import RegistryError
 
 T = TypeVar("T")
 
@@ -29,9 +29,11 @@ KINDS = (
     "sampler",     # ODE integrators over a Field
     "metric",
     "extractor",   # feature extractors for Frechet distances
-    "guidance",    # wraps a method's Field into a Guided one (CFG, AG, ICG, Sparse Guidance; harness/guidance.py)
+    "guidance",    # wraps a method's Field into a Guided one (CFG, AG, ICG, Sparse Guidance; harness/api/guidance.py)
     "sweep_deriver",  # sweep cells computed from a derived quantity (harness/sweep/derive.py)
     "sweep_constraint",  # fn(cfg) -> float; Optuna trials above optuna.constraint.max are pruned (harness/sweep/search.py)
+    "launcher",    # where sweep tasks run: debug | local | slurm (harness/launch/)
+    "config_node",  # schema dataclass of a root config node a plug-in owns (e.g. split: harness/split/config.py)
 )
 
 
@@ -133,6 +135,8 @@ PLUGIN_PACKAGES = (
     "harness.sample",
     "harness.evaluate",
     "harness.split",
+    "harness.clusters",
+    "harness.launch",
     "harness.methods",
     "harness.baselines",
 )

@@ -8,28 +8,14 @@ the weights (logging, checkpoint cadence, progress bars) are left out of the has
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import torch
+from harness.core.hashing import content_hash
+from harness.core.versions import CONFIG_VERSION, HASH_VERSION
 
-from harness.config import CONFIG_VERSION
-from harness.errors import ConfigError
-from harness.registry import get
-
-HASH_VERSION = 1  # bump when the trainer's arithmetic changes, so old units are not reused
 NON_WEIGHT_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every", "device")
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def content_hash(obj: Any, length: int = 16) -> str:
-    """Short SHA-256 of the canonical JSON of ``obj``."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
 @dataclasses.dataclass
@@ -66,16 +52,6 @@ def unit_from_config(cfg: Mapping[str, Any], label: str, interval: tuple[float, 
     train = dict(cfg["train"], **train_overrides)
     return UnitSpec(label=label, data=dict(cfg["data"]), backbone=dict(cfg["backbone"]),
                     objective=dict(cfg["objective"]), train=train, interval=(float(interval[0]), float(interval[1])))
-
-
-def build_backbone(node: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
-    """Instantiate a backbone node ``{name, **kwargs}`` for data of ``in_shape`` and ``num_classes``."""
-    kwargs = {k: v for k, v in node.items() if k != "name"}
-    cls = get("backbone", node["name"])
-    try:
-        return cls(in_shape=tuple(in_shape), num_classes=int(num_classes), **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"backbone ({node['name']}): {err}") from None
 
 
 def done_record(unit_dir: Path) -> Optional[dict[str, Any]]:

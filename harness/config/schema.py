@@ -1,8 +1,9 @@
 """Typed schemas of the non-plug-in config nodes, and type checking against annotations.
 
-Plug-in nodes (data, backbone, objective, method, sampler) are checked against the
-signature of what they name in the registry (:mod:`harness.config`); the rest have a
-dataclass here.  Every check raises a one-line :class:`ConfigError` naming the key.
+Plug-in nodes (data, backbone, objective, method, sampler, guidance) are checked against
+the signature of what they name in the registry (:mod:`harness.config.compose`); the engine's
+other nodes have a dataclass here, and a plug-in may register one for a node of its own
+(registry kind ``config_node``: the ``split`` node of :mod:`harness.split.config`).  Every check raises a one-line :class:`ConfigError` naming the key.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import types
 import typing
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from harness.errors import ConfigError
-from harness.registry import suggest
+from harness.core.errors import ConfigError
+from harness.core.registry import registry, suggest
 
 
 def type_ok(value: Any, hint: Any) -> bool:
@@ -187,49 +188,13 @@ class LauncherConfig:
     profile: Optional[str] = None     # SLURM profile: slurm/<profile>.yaml (launcher=slurm only)
 
     def check(self, p: str) -> None:
-        names = ["local", "debug", "slurm"]
-        if self.name not in names:
+        launchers = registry("launcher")
+        if self.name not in launchers:
+            names = launchers.keys()
             raise ConfigError(f"{p}.name: unknown launcher {self.name!r}.{suggest(self.name, names)} Available: {', '.join(names)}")
         positive(p, max_parallel=self.max_parallel)
-        if self.name == "slurm":
-            from harness.launch.slurm import load_profile
-
-            load_profile(self.profile or "local_test")
-
-
-@dataclasses.dataclass
-class SplitConfig:
-    monitor: str = "acceleration"
-    n: int = 3
-    grid: int = 100
-    trajectories: int = 256
-    interpolate: bool = False
-    field: str = "aux"
-    aux_fraction: float = 0.1
-    aux_steps: Optional[int] = None
-    aux_backbone: Optional[dict] = None   # null = the experts' backbone; seed 000 Sec. 4.5: a smaller net suffices
-    seed: int = 0
-
-    def check(self, p: str) -> None:
-        from harness.registry import registry
-
-        positive(p, n=self.n, grid=self.grid, trajectories=self.trajectories)
-        if self.field not in ("aux", "exact"):
-            raise ConfigError(f"{p}.field must be aux or exact, got {self.field!r}")
-        if not 0 < self.aux_fraction <= 1:
-            raise ConfigError(f"{p}.aux_fraction must be in (0, 1], got {self.aux_fraction}")
-        if self.aux_steps is not None and self.aux_steps <= 0:
-            raise ConfigError(f"{p}.aux_steps must be > 0 or null")
-        if self.n > self.grid:
-            raise ConfigError(f"{p}.n={self.n} exceeds {p}.grid={self.grid}", hint="raise split.grid")
-        registry("monitor").get(self.monitor)
-        if self.aux_backbone is not None:
-            if not isinstance(self.aux_backbone, dict) or "name" not in self.aux_backbone:
-                raise ConfigError(f"{p}.aux_backbone must be a backbone node with a name, got {self.aux_backbone!r}",
-                                  hint="e.g. split.aux_backbone={name: sit, depth: 12, hidden_size: 384, num_heads: 6, "
-                                       "patch_size: 2}, or null for the experts' backbone")
-            registry("backbone").get(self.aux_backbone["name"])
+        launchers.get(self.name).check_config(self)   # e.g. slurm: the profile exists and parses
 
 
 SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "paths": PathsConfig, "run": RunConfig,
-           "tracking": TrackingConfig, "launcher": LauncherConfig, "split": SplitConfig}
+           "tracking": TrackingConfig, "launcher": LauncherConfig}

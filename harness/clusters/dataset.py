@@ -19,9 +19,9 @@ from typing import Any, Optional
 import torch
 
 from harness.data.base import ArrayDataset, build_dataset
-from harness.errors import ConfigError, DataError
-from harness.registry import register
-from harness.units import content_hash
+from harness.core.errors import ConfigError, DataError
+from harness.core.registry import register
+from harness.core.hashing import content_hash
 
 LABELS = ("none", "cluster", "base")
 _BASE_CACHE: dict[str, ArrayDataset] = {}
@@ -51,7 +51,7 @@ def cluster_subset(*, base: dict, clustering: str, store: str, cluster: Optional
     ``labels``: ``none`` (unconditional expert), ``cluster`` (cluster ids as classes: the
     router's targets), ``base`` (keep the base data's labels).
     """
-    from harness.partition import load_clustering
+    from harness.clusters.partition import load_clustering
 
     if labels not in LABELS:
         raise ConfigError(f"data.labels: {labels!r} is not one of {', '.join(LABELS)}")

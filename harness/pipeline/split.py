@@ -14,11 +14,16 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from harness.errors import ConfigError
-from harness.field import Exact, Net
-from harness.registry import get
+from harness.core.errors import ConfigError
+from harness.core.files import write_json_atomic
+from harness.core.hashing import content_hash
+from harness.core.registry import get
+from harness.data.cache import DatasetCache
+from harness.field.base import Exact, Net
+from harness.pipeline.training import train_units
 from harness.split.equidistribution import boundaries_from_monitor
-from harness.units import content_hash, unit_from_config
+from harness.train import load_unit_field_parts
+from harness.train.units import unit_from_config
 
 
 def aux_unit(cfg: Mapping[str, Any]):
@@ -64,9 +69,6 @@ def split_field(cfg: Mapping[str, Any], datasets, tracker=None, parent_id: Optio
             raise ConfigError(f"split.field=exact needs data with a closed-form velocity; {cfg['data']['name']} has none",
                               hint="use data=gaussian_mixture, or split.field=aux")
         return Exact(mixture_field(mixture, data.num_classes)), data.num_classes, None
-    from harness.experiment import train_units
-    from harness.train import load_unit_field_parts
-
     spec = aux_unit(cfg)
     train_units({"aux": spec}, cfg, tracker=tracker, parent_id=parent_id, datasets=datasets)
     model, objective, _ = load_unit_field_parts(spec, Path(cfg["paths"]["workdir"]))
@@ -86,8 +88,6 @@ def _check_curve(curve, monitor: str) -> None:
 
 def compute_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> dict[str, Any]:
     """{monitor, n, grid, curve, cumulative, boundaries, cost, field, aux_unit}."""
-    from harness.experiment import DatasetCache
-
     datasets = datasets or DatasetCache()
     s = cfg["split"]
     field, num_classes, aux_hash = split_field(cfg, datasets, tracker, parent_id)
@@ -105,7 +105,7 @@ def compute_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent
 
 def plot_split(result: Mapping[str, Any], path: Path) -> Path:
     """PNG of the monitor curve with the boundaries marked."""
-    from harness.figures import pyplot, save_png
+    from harness.core.figures import pyplot, save_png
 
     plt = pyplot()
 
@@ -121,23 +121,48 @@ def plot_split(result: Mapping[str, Any], path: Path) -> Path:
     return save_png(fig, path)
 
 
+# split keys that change the result; the field is named by the aux unit's hash (unit hash rules:
+# logging and checkpoint cadence do not count) or "exact", and the data node is always part of it
+SPLIT_RESULT_KEYS = ("monitor", "n", "grid", "trajectories", "interpolate", "seed")
+SPLIT_KEY_VERSION = 1
+
+
+def split_key(cfg: Mapping[str, Any]) -> str:
+    """The one content key of a split result, shared by ``harness split`` and ``method=cbs``."""
+    s = cfg["split"]
+    field = aux_unit(cfg).hash if s["field"] == "aux" else "exact"
+    return content_hash({"version": SPLIT_KEY_VERSION, "data": cfg["data"], "field": field,
+                         **{k: s[k] for k in SPLIT_RESULT_KEYS}})
+
+
+def split_dir(cfg: Mapping[str, Any]) -> Path:
+    """``<workdir>/splits/<split_key>/``: split.json (and monitor.png once plotted)."""
+    return Path(cfg["paths"]["workdir"]) / "splits" / split_key(cfg)
+
+
+def cached_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> dict[str, Any]:
+    """The split result of ``cfg``: read from its folder, or computed (training the aux unit if needed) and stored."""
+    path = split_dir(cfg) / "split.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute_split(cfg, datasets=datasets, tracker=tracker, parent_id=parent_id)
+    write_json_atomic(path, result)
+    return result
+
+
 def run_split(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Compute, plot, and record the split as an MLflow run (params, curve JSON, PNG)."""
+    """Compute (or reuse), plot, and record the split as an MLflow run (params, curve JSON, PNG)."""
     from harness.track import Tracker, flatten, git_info
 
     tracker = Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
-    key = content_hash({"data": cfg["data"], "split": cfg["split"], "backbone": cfg["backbone"],
-                        "objective": cfg["objective"], "train": cfg["train"]})
     run_id = tracker.start_run(f"split-{cfg['split']['monitor']}-n{cfg['split']['n']}",
                                tags={"harness.kind": "split", **git_info()}, params=flatten(cfg))
     try:
-        result = compute_split(cfg, tracker=tracker, parent_id=run_id)
+        result = cached_split(cfg, tracker=tracker, parent_id=run_id)
     except BaseException:
         tracker.end_run(run_id, status="FAILED")
         raise
-    out = Path(cfg["paths"]["workdir"]) / "splits" / key
-    png = plot_split(result, out / "monitor.png")
-    (out / "split.json").write_text(json.dumps(result, indent=1))
+    png = plot_split(result, split_dir(cfg) / "monitor.png")
     tracker.log_dict(run_id, result, "split.json")
     tracker.log_artifact(run_id, png, "plots")
     tracker.log_metrics(run_id, {f"boundary_{i}": b for i, b in enumerate(result["boundaries"])})

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from harness.errors import ConfigError, DataError
-from harness.units import content_hash
+from harness.core.errors import ConfigError, DataError
+from harness.core.hashing import content_hash
 
 PIXELS = "pixels"
 PRECOMPUTED = "precomputed"
@@ -83,7 +83,7 @@ def build_feature_extractor(name: str, kwargs: Optional[Mapping[str, Any]] = Non
         return None
     if name == PRECOMPUTED:
         return PrecomputedFeatures(**dict(kwargs or {}))
-    from harness.registry import get
+    from harness.core.registry import get
 
     return get("extractor", name)(**dict(kwargs or {}))
 

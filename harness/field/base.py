@@ -1,8 +1,8 @@
 """Velocity fields: the one abstraction every method builds and every sampler consumes (DESIGN.md).
 
 A :class:`Field` maps (x (B, ...), t (B,), y (B,) | None) -> v (B, ...) in the harness
-convention (t = 0 noise, t = 1 data, v = dx/dt).  ``Mixture`` (DDM) and ``Guided``
-(CFG/AG/ICG/SG) are later implementations of the same protocol.
+convention (t = 0 noise, t = 1 data, v = dx/dt).  ``Mixture`` (DDM, :mod:`harness.field.mixture`)
+and ``Guided`` (CFG/AG/ICG/SG, :mod:`harness.field.guided`) implement the same protocol.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from harness.errors import ConfigError
+from harness.core.intervals import check_boundaries
 
 
 class Field:
@@ -44,24 +44,6 @@ class Exact(Field):
 
     def velocity(self, x, t, y=None):
         return self.fn(x, t, y)
-
-
-def check_boundaries(boundaries: Sequence[float], n_fields: Optional[int] = None, key: str = "boundaries") -> list[float]:
-    """Interior boundaries must be strictly increasing inside (0, 1), N - 1 of them for N experts."""
-    b = [float(v) for v in boundaries]
-    if any(not (0.0 < v < 1.0) for v in b):
-        raise ConfigError(f"{key}: every boundary must lie in (0, 1), got {b}")
-    if any(b2 <= b1 for b1, b2 in zip(b, b[1:])):
-        raise ConfigError(f"{key}: boundaries must be strictly increasing, got {b}")
-    if n_fields is not None and len(b) != n_fields - 1:
-        raise ConfigError(f"{key}: {n_fields} experts need {n_fields - 1} interior boundaries, got {len(b)}")
-    return b
-
-
-def intervals_from_boundaries(boundaries: Sequence[float]) -> list[tuple[float, float]]:
-    """[(0, b1), (b1, b2), ..., (b_{N-1}, 1)]: expert i owns [b_i, b_{i+1}) (the last one includes 1)."""
-    edges = [0.0, *[float(b) for b in boundaries], 1.0]
-    return list(zip(edges[:-1], edges[1:]))
 
 
 class Piecewise(Field):
