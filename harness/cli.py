@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -42,25 +41,29 @@ def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
     _console().print(table)
 
 
+def _join() -> bool:
+    """Join the job's process group when a launcher (torchrun, srun) started several processes; True on rank 0.
+
+    Pipeline commands are collective: every rank runs them and rank 0 alone prints, logs and writes.
+    """
+    from harness.core import dist
+
+    dist.init_from_env()
+    return dist.is_main()
+
+
 def cmd_run(args) -> int:
     from harness.config import load
     from harness.pipeline.experiment import run_experiment
 
     cfg = load(args.overrides)
+    main = _join()
     result = run_experiment(cfg)
-    _print_summary([result], title="harness run")
-    if args.json:
-        print(json.dumps(result, default=str))
+    if main:
+        _print_summary([result], title="harness run")
+        if args.json:
+            print(json.dumps(result, default=str))
     return 0
-
-
-def _init_distributed() -> None:
-    """torchrun sets WORLD_SIZE; join its process group (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
 
 
 def cmd_train(args) -> int:
@@ -69,11 +72,13 @@ def cmd_train(args) -> int:
     from harness.pipeline.training import train_units
 
     cfg = load(args.overrides)
-    _init_distributed()
-    units = experiment_units(cfg, method_for(cfg))  # + guidance units (AutoGuidance's weak model)
-    counts = train_units(units, cfg, tracker=None if args.no_track else _tracker(cfg))
-    _console().print(f"trained {len(counts['trained'])} unit(s), reused {len(counts['reused'])}: "
-                     + ", ".join(f"{r}={s.hash}" for r, s in units.items()))
+    main = _join()
+    tracker = None if args.no_track or not main else _tracker(cfg)
+    units = experiment_units(cfg, method_for(cfg, tracker=tracker))  # + guidance units (AutoGuidance's weak model)
+    counts = train_units(units, cfg, tracker=tracker)
+    if main:
+        _console().print(f"trained {len(counts['trained'])} unit(s), reused {len(counts['reused'])}: "
+                         + ", ".join(f"{r}={s.hash}" for r, s in units.items()))
     return 0
 
 
@@ -85,31 +90,34 @@ def _tracker(cfg):
 
 def cmd_sample(args) -> int:
     from harness.config import load
-    from harness.evaluate.pipeline import generate_samples, save_samples_npz
     from harness.data.cache import DatasetCache
+    from harness.evaluate.pipeline import eval_device, write_sample_npz
     from harness.pipeline.assemble import assemble
 
     cfg = load(args.overrides)
-    field, _ = assemble(cfg)
-    samples, labels, nfe = generate_samples(field, cfg, DatasetCache())
-    out = save_samples_npz(Path(args.out), samples, labels)
-    _console().print(f"wrote {len(samples)} samples ({nfe} NFE each) to {out}")
+    main = _join()
+    field, _ = assemble(cfg, device=eval_device(cfg))
+    out, n, nfe = write_sample_npz(field, cfg, DatasetCache().get(cfg["data"]), Path(args.out))
+    if main:
+        _console().print(f"wrote {n} samples ({nfe} NFE each) to {out}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from harness.config import load
-    from harness.evaluate.pipeline import evaluate_field, score_npz
     from harness.data.cache import DatasetCache
+    from harness.evaluate.pipeline import eval_device, evaluate_field, score_npz
     from harness.pipeline.assemble import assemble
 
     cfg = load(args.overrides)
+    main = _join()
     if args.samples:
-        result = score_npz(Path(args.samples), cfg, DatasetCache())
+        result = score_npz(Path(args.samples), cfg, DatasetCache()) if main else None
     else:
-        field, _ = assemble(cfg)
+        field, _ = assemble(cfg, device=eval_device(cfg))
         result = evaluate_field(field, cfg, datasets=DatasetCache(), tracker=None, run_id=None)
-    print(json.dumps(result, indent=1, default=str))
+    if main:
+        print(json.dumps(result, indent=1, default=str))
     return 0
 
 
@@ -192,7 +200,11 @@ def cmd_split(args) -> int:
     from harness.config import load
     from harness.pipeline.split import run_split
 
-    result = run_split(load(args.overrides))
+    cfg = load(args.overrides)
+    if not _join():
+        run_split(cfg)   # collective: the aux unit trains on every rank; rank 0 records
+        return 0
+    result = run_split(cfg)
     print(json.dumps({k: result[k] for k in ("monitor", "n", "grid", "curve", "cumulative", "boundaries", "cost",
                                              "field", "aux_unit", "png", "run_id")}))
     return 0
@@ -271,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from harness.core import dist
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
@@ -280,6 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

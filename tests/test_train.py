@@ -51,9 +51,15 @@ def test_paired_draws_differ_only_through_the_interval(tmp_path):
     assert torch.allclose(a[2] / 0.5, b[2] / 0.414, atol=1e-6)
 
 
-def _train_cmd(workdir, steps):
+# a DiT whose forward draws random numbers while training: FFN dropout and TREAD-style token routing
+RANDOM_FORWARD = ["data=digits", "backbone=dit_tiny", "backbone.hidden_size=32", "backbone.depth=3", "backbone.num_heads=2",
+                  "backbone.patch_size=2", "+backbone.ffn_kwargs.dropout=0.2", "backbone.token_selector=random_route",
+                  "+backbone.token_selector_kwargs.gamma=0.5", "backbone.select_blocks=[1,2]", "train.batch_size=32"]
+
+
+def _train_cmd(workdir, steps, *extra, every=100):
     exe = Path(sys.executable).with_name("harness")
-    return [str(exe), "train", *GMM, f"train.steps={steps}", "train.checkpoint_every=100", "--no-track"], \
+    return [str(exe), "train", *GMM, f"train.steps={steps}", f"train.checkpoint_every={every}", *extra, "--no-track"], \
         dict(os.environ, HARNESS_WORKDIR=str(workdir), OMP_NUM_THREADS="1")
 
 
@@ -74,23 +80,77 @@ def _assert_equal_state(a, b):
             assert torch.equal(sa[pid][k], sb[pid][k])
 
 
-def test_sigkill_then_rerun_gives_bit_identical_weights(tmp_path):
-    steps = 3000
-    cmd, env = _train_cmd(tmp_path / "ref", steps)
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    cmd, env = _train_cmd(tmp_path / "killed", steps)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _first_checkpoint_then(proc, workdir, sig):
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "killed").glob("units/*/ckpt_*.json")):
+    while time.time() < deadline and not list(Path(workdir).glob("units/*/ckpt_*.json")):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    unit = next((tmp_path / "killed" / "units").iterdir())
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return next((Path(workdir) / "units").iterdir())
+
+
+@pytest.mark.parametrize("steps,extra,every", [(3000, (), 100), (400, RANDOM_FORWARD, 20)],
+                         ids=["mlp", "dit-dropout-routing"])
+def test_sigkill_then_rerun_gives_bit_identical_weights(tmp_path, steps, extra, every):
+    """Also for a forward that draws random numbers (dropout, token routing): they come from (seed, step, rank)."""
+    cmd, env = _train_cmd(tmp_path / "ref", steps, *extra, every=every)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _train_cmd(tmp_path / "killed", steps, *extra, every=every)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unit = _first_checkpoint_then(proc, tmp_path / "killed", signal.SIGKILL)
     assert not (unit / "done.json").exists(), "the run finished before it could be killed"
     killed_at = max(int(p.stem.split("_")[1]) for p in unit.glob("ckpt_*.json"))
     assert 0 < killed_at < steps
     subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert json.loads((unit / "done.json").read_text())["resumed_from"] == killed_at   # it started where it was killed
     _assert_equal_state(_final(tmp_path / "ref"), _final(tmp_path / "killed"))
+
+
+def test_sigterm_writes_a_checkpoint_at_the_next_step_and_the_rerun_finishes_identically(tmp_path):
+    """A stop signal (SLURM's SIGUSR2 before a timeout, SIGTERM) is a checkpoint, not lost steps."""
+    steps = 3000
+    cmd, env = _train_cmd(tmp_path / "ref", steps, every=1000)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _train_cmd(tmp_path / "stopped", steps, every=1000)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    unit = _first_checkpoint_then(proc, tmp_path / "stopped", signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM
+    stopped_at = max(int(p.stem.split("_")[1]) for p in unit.glob("ckpt_*.json"))
+    assert stopped_at % 1000 != 0 and stopped_at < steps  # written because of the signal, not the cadence
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert json.loads((unit / "done.json").read_text())["resumed_from"] == stopped_at
+    _assert_equal_state(_final(tmp_path / "ref"), _final(tmp_path / "stopped"))
+
+
+def test_batch_gpu_rounds_train_the_weights_of_the_unsplit_batch(tmp_path):
+    """EDM2's batch_gpu: accumulating 4 rounds of 16 is the 64-item batch, up to float rounding."""
+    cfg = cfg_for(tmp_path, "train.steps=30", "train.batch_size=64", "train.checkpoint_every=30")
+    torch.set_num_threads(1)
+    train_unit(unit_from_config(cfg, label="whole"), workdir=tmp_path / "whole", progress=False)
+    train_unit(unit_from_config(cfg, label="rounds", batch_gpu=16), workdir=tmp_path / "rounds", progress=False)
+    a, b = _final(tmp_path / "whole"), _final(tmp_path / "rounds")
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_dataloader_workers_fetch_exactly_the_in_process_batches(tmp_path):
+    """Which items form step k's batch depends on (seed, k) only, not on the number of workers or ranks."""
+    from harness.train.batches import rank_batches
+
+    cfg = cfg_for(tmp_path, "data=digits")
+    data = build_dataset(cfg["data"])
+    obj = build_objective(cfg["objective"])
+    common = dict(seed=5, batch_size=32, interval=(0.0, 1.0), objective=obj, label_dropout=0.3, start=3, end=9)
+    first = {}
+    for rank in (0, 1):
+        inline = list(rank_batches(data, **common, rank=rank, world=2, workers=0))
+        loaded = list(rank_batches(data, **common, rank=rank, world=2, workers=2))
+        assert [s for s, _ in inline] == [s for s, _ in loaded] == list(range(3, 9))
+        for (_, a), (_, b) in zip(inline, loaded):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))
+        first[rank] = inline[0][1][0]
+    assert first[0].shape == (16, *data.shape) and not torch.equal(first[0], first[1])   # each rank its half
 
 
 def _ddp_worker(rank, world, init_file, workdir, cfg):

@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -172,8 +173,10 @@ class DiT(nn.Module):
                  token_selector: str | None = None,    # registered selector; None = dense
                  token_selector_kwargs: dict[str, Any] | None = None,
                  select_blocks: tuple[int, ...] | None = None,  # [start, end); None = [2, depth-2) (TREAD)
+                 checkpointing: bool = False,          # recompute each block's activations in backward (memory)
                  ) -> None:
         super().__init__()
+        self.checkpointing = bool(checkpointing)
         _check(len(in_shape) == 3, "name", f"transformers need (C, H, W) data, got in_shape={tuple(in_shape)}")
         C, H, W = (int(s) for s in in_shape)
         _check(patch_size > 0 and H % patch_size == 0 and W % patch_size == 0, "patch_size",
@@ -290,7 +293,12 @@ class DiT(nn.Module):
                 h, state = self.token_selector.select(h, generator, gamma=gamma)   # (B, S', D)
                 ctx["token_state"] = state
             ctx["block"] = i
-            h, aux = block(h, c, ctx)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # activation checkpointing (SiT-XL/2 at batch 256 on one 80 GB card); the RNG state is replayed,
+                # so dropout in the recomputed forward draws what the first one drew
+                h, aux = torch.utils.checkpoint.checkpoint(block, h, c, ctx, use_reentrant=False)
+            else:
+                h, aux = block(h, c, ctx)
             total_aux = total_aux + aux_loss(aux, total_aux)
             if self.token_selector is not None and i == end - 1:
                 h = self.token_selector.restore(h, h_full, state)          # (B, S, D)
@@ -334,8 +342,8 @@ class JiT(DiT):
                  ffn: str = "swiglu", ffn_kwargs: dict[str, Any] | None = None, ffn_every: int = 1,
                  ffn_layers: tuple[int, ...] | None = None, token_selector: str | None = None,
                  token_selector_kwargs: dict[str, Any] | None = None,
-                 select_blocks: tuple[int, ...] | None = None) -> None:
-        super().__init__(in_shape=in_shape, num_classes=num_classes, patch_size=patch_size,
+                 select_blocks: tuple[int, ...] | None = None, checkpointing: bool = False) -> None:
+        super().__init__(in_shape=in_shape, num_classes=num_classes, patch_size=patch_size, checkpointing=checkpointing,
                          hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          qk_norm=qk_norm, bottleneck_dim=bottleneck_dim, ffn=ffn, ffn_kwargs=ffn_kwargs,
                          ffn_every=ffn_every, ffn_layers=ffn_layers, token_selector=token_selector,

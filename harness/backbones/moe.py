@@ -217,17 +217,25 @@ def reset_routing_stats(field: Any) -> None:
             layer.reset_stats()
 
 
-def routing_metrics(field: Any) -> dict[str, float]:
-    """``{"moe_c_infer_avg": ...}``: seed 002 Eq. 15 over every MoE layer and sampler call since the reset.
-
-    Empty for fields without MoE layers, so the evaluation records nothing extra for them.
-    """
+def routing_totals(field: Any) -> tuple[float, float]:
+    """(sum of per-forward capacities, forwards) over every MoE layer since the reset: the parts of Eq. 15
+    that add up over processes, so a sharded evaluation can sum them before dividing."""
     total, count = 0.0, 0.0
     for module in _modules_of(field):
         for layer in moe_layers(module):
             stats = layer.moe_stats()
             total += stats["capacity_sum"]
             count += stats["forwards"]
+    return total, count
+
+
+def routing_metrics(field: Any, totals: tuple[float, float] | None = None) -> dict[str, float]:
+    """``{"moe_c_infer_avg": ...}``: seed 002 Eq. 15 over every MoE layer and sampler call since the reset.
+
+    ``totals``: :func:`routing_totals` summed over processes (default: this process's).  Empty for fields
+    without MoE layers, so the evaluation records nothing extra for them.
+    """
+    total, count = routing_totals(field) if totals is None else totals
     return {"moe_c_infer_avg": total / count} if count else {}
 
 

@@ -31,6 +31,9 @@ from harness.core.registry import register
 class TimeExperts(nn.Module):
     """Expert i (a copy of the ``expert`` backbone node, own weights) answers for t in [b_i, b_{i+1})."""
 
+    # Alg. 1 steps one expert per batch, so under DDP the other experts get no gradient that step
+    ddp_find_unused_parameters = True
+
     def __init__(self, in_shape: tuple[int, ...], num_classes: int = 0, *, expert: Mapping[str, Any],
                  boundaries: Sequence[float]) -> None:
         super().__init__()

@@ -142,7 +142,10 @@ class RandomRoute(TokenSelector):
         keep = self.kept_tokens(S, gamma)
         if keep == S:  # gamma = 0 (or < 1/S): the very same tensor, so the forward is bit-identical
             return x, None
-        scores = torch.rand(B, S, generator=generator, device=x.device)       # (B, S)
+        # drawn where the generator lives (guidance's per-step generators are CPU ones) and moved to the tokens,
+        # so a sampling run draws the same masks on any device
+        draw_on = generator.device if generator is not None else x.device
+        scores = torch.rand(B, S, generator=generator, device=draw_on).to(x.device)   # (B, S)
         ids_keep = scores.argsort(dim=1)[:, :keep].sort(dim=1).values          # (B, S')
         kept = x.gather(1, ids_keep.unsqueeze(-1).expand(B, keep, D))           # (B, S', D)
         return kept, ids_keep

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from harness.core import dist
 from harness.core.errors import ConfigError, DataError
 from harness.core.hashing import content_hash
 
@@ -207,12 +208,14 @@ def cluster_dataset(dataset, data_node: Mapping[str, Any], *, k: int, features: 
     extractor = build_feature_extractor(features, features_kwargs)
     fid = extractor_identity(features, extractor)
     key = clustering_key(data_node, fid, features_kwargs or {}, k=k, metric=metric, iters=iters, seed=seed)
-    cached = load_clustering(store, key)
-    if cached is not None:
-        return cached
-    ids, centroids = kmeans(features_of(dataset, extractor), k, seed=seed, iters=iters, metric=metric)
-    prov = {"version": PARTITION_VERSION, "data": dict(data_node), "features": fid, "features_kwargs": dict(features_kwargs or {}),
-            "k": int(k), "metric": metric, "iters": int(iters), "seed": int(seed), "n": len(dataset)}
-    c = Clustering(key, ids.numpy(), centroids.numpy(), prov)
-    save_clustering(store, c)
-    return c
+    with dist.main_first() as main:   # rank 0 clusters and writes; the other ranks read its result
+        cached = load_clustering(store, key)
+        if cached is not None or not main:
+            return cached
+        ids, centroids = kmeans(features_of(dataset, extractor), k, seed=seed, iters=iters, metric=metric)
+        prov = {"version": PARTITION_VERSION, "data": dict(data_node), "features": fid,
+                "features_kwargs": dict(features_kwargs or {}), "k": int(k), "metric": metric, "iters": int(iters),
+                "seed": int(seed), "n": len(dataset)}
+        c = Clustering(key, ids.numpy(), centroids.numpy(), prov)
+        save_clustering(store, c)
+        return c

@@ -104,10 +104,17 @@ class TrainConfig:
     log_every: int = 50
     amp: str = "auto"
     device: str = "auto"
+    batch_gpu: Optional[int] = None   # per-GPU accumulation round (EDM2's batch_gpu); None = the whole per-GPU batch
+    compile: bool = False             # torch.compile the training forward
+    workers: int = 0                  # DataLoader worker processes; 0 = fetch in the training process
 
     def check(self, p: str) -> None:
         positive(p, steps=self.steps, batch_size=self.batch_size, lr=self.lr, checkpoint_every=self.checkpoint_every,
                  keep_checkpoints=self.keep_checkpoints, log_every=self.log_every)
+        if self.batch_gpu is not None and self.batch_gpu <= 0:
+            raise ConfigError(f"{p}.batch_gpu must be > 0 or null, got {self.batch_gpu}")
+        if self.workers < 0:
+            raise ConfigError(f"{p}.workers must be >= 0, got {self.workers}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError(f"{p}.warmup_steps, grad_clip and weight_decay must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -118,8 +125,12 @@ class TrainConfig:
             raise ConfigError(f"{p}.betas must be two numbers in [0, 1), got {self.betas}")
         if self.amp not in ("auto", "on", "off"):
             raise ConfigError(f"{p}.amp must be auto, on or off, got {self.amp!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"{p}.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(p, self.device)
+
+
+def check_device(p: str, device: str) -> None:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"{p}.device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 @dataclasses.dataclass
@@ -137,9 +148,11 @@ class EvalConfig:
     fd_backend: str = "harness"         # harness (scipy) | torch-fidelity | clean-fid: whose FD function
     lpips_backbone: Optional[str] = None  # torchvision AlexNet weights file; needed by metrics: [lpips] (seed 003)
     lpips_pairs: int = 2000             # random sample pairs of the mean pairwise LPIPS / div
+    device: str = "auto"                # sampling and feature extraction: auto = this process's GPU, else CPU
 
     def check(self, p: str) -> None:
         positive(p, n_samples=self.n_samples, batch_size=self.batch_size)
+        check_device(p, self.device)
         if self.fd_backend not in ("harness", "torch-fidelity", "clean-fid"):
             raise ConfigError(f"{p}.fd_backend must be harness, torch-fidelity or clean-fid, got {self.fd_backend!r}")
         if self.reference is not None and not Path(self.reference).expanduser().exists():

@@ -6,5 +6,5 @@ new one: ``CONFIG_VERSION`` when a config key changes meaning (stored in every c
 are not reused), ``PROTOCOL_VERSION`` when the evaluation protocol changes (in every result).
 """
 CONFIG_VERSION = 1
-HASH_VERSION = 1
+HASH_VERSION = 2   # 2: the forward RNG (dropout, token masks) is re-seeded per (seed, step, rank)
 PROTOCOL_VERSION = "1"

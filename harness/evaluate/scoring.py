@@ -21,17 +21,26 @@ def n_label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], reference_features: Optional[np.ndarray],
-                  extractor, metrics: Sequence[str] = ("fd", "kid", "pr"), seed: int = 0,
-                  fd_backend: str = "harness", lpips_backbone: Optional[str] = None,
-                  pairs: int = 2000) -> dict[str, Any]:
+def score_samples(samples: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+    """:func:`score_features` of ``samples``' features (the samples themselves for LPIPS / IS)."""
+    return score_features(samples_features(samples, kwargs["extractor"]), images=samples, **kwargs)
+
+
+def samples_features(samples: torch.Tensor, extractor) -> np.ndarray:
+    return extractor.features(samples)
+
+
+def score_features(feats: np.ndarray, *, images: Optional[torch.Tensor] = None, reference: Optional[FeatureStats],
+                   reference_features: Optional[np.ndarray], extractor, metrics: Sequence[str] = ("fd", "kid", "pr"),
+                   seed: int = 0, fd_backend: str = "harness", lpips_backbone: Optional[str] = None,
+                   pairs: int = 2000) -> dict[str, Any]:
     """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors).
 
     Diversity (seed 003, Tab. 3): ``lpips`` is the mean pairwise LPIPS-Alex (``lpips_div_<n>``) and
     needs ``lpips_backbone``; ``div`` is the mean pairwise cosine distance of the extractor's
     features (``div_<family>_<n>``), a stand-in that is never called LPIPS.
     """
-    feats = extractor.features(samples)
+    samples = images
     ref_stats = reference if reference is not None else FeatureStats.from_features(reference_features)
     n = n_label(len(feats))
     family = extractor.metric_prefix.split("_", 1)[1] if "_" in extractor.metric_prefix else extractor.metric_prefix

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from harness.api.guidance import build_guidance
+from harness.core import dist
 from harness.core.hashing import content_hash
 from harness.data.cache import DatasetCache
 from harness.pipeline.assemble import assemble, experiment_units, method_for
@@ -21,46 +22,56 @@ from harness.pipeline.training import resume_or_start_run, train_units
 
 def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
                    tags: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
-    """Train, assemble, sample, evaluate and record one experiment; returns its summary.
+    """Train, assemble, sample, evaluate and record one experiment; returns its summary (on every rank).
 
     ``parent_id``/``tags``: a sweep nests the experiment's run under its own and tags it with the cell.
+    Collective under ``torch.distributed``: every rank trains its share of each unit's batches and
+    samples its share of the seeds; rank 0 alone opens the MLflow runs, writes files and logs.
     """
-    from harness.evaluate.pipeline import evaluate_field
+    from harness.evaluate.pipeline import eval_device, evaluate_field
     from harness.track import Tracker, flatten, git_diff, git_info
 
     t0 = time.time()
+    main, world = dist.is_main(), dist.world()
     datasets = DatasetCache()
     datasets.get(cfg["data"])  # a missing dataset fails here, before anything is written
+    dist.check_divides(int(cfg["train"]["batch_size"]), "train.batch_size")   # and a world size that cannot split it
     workdir = Path(cfg["paths"]["workdir"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
     exp_hash = content_hash({k: v for k, v in cfg.items() if k not in ("run", "tracking", "launcher")})
     name = cfg["run"]["name"] or f"{cfg['method']['name']}-{cfg['data']['name']}"
-    tags = {"harness.kind": "experiment", "harness.method": cfg["method"]["name"], "harness.data": cfg["data"]["name"],
-            "harness.experiment_hash": exp_hash, **git_info(), **(tags or {})}
-    parent = resume_or_start_run(workdir / "experiments" / exp_hash / "mlflow_run.json", tracker, name,
-                                 parent_id=parent_id, tags=tags, params=flatten(cfg))
-    tracker.log_dict(parent, dict(cfg), "resolved_config.json")
-    if cfg["tracking"]["log_git_diff"]:
-        diff = git_diff()
-        if diff:
-            tracker.log_text(parent, diff, "git_diff.patch")
+    tracker, parent = None, None
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tracker = Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
+        tags = {"harness.kind": "experiment", "harness.method": cfg["method"]["name"], "harness.data": cfg["data"]["name"],
+                "harness.experiment_hash": exp_hash, "harness.world_size": str(world), **git_info(), **(tags or {})}
+        parent = resume_or_start_run(workdir / "experiments" / exp_hash / "mlflow_run.json", tracker, name,
+                                     parent_id=parent_id, tags=tags, params={**flatten(cfg), "dist.world_size": world})
+        tracker.log_dict(parent, dict(cfg), "resolved_config.json")
+        if cfg["tracking"]["log_git_diff"]:
+            diff = git_diff()
+            if diff:
+                tracker.log_text(parent, diff, "git_diff.patch")
+    parent = dist.broadcast(parent)
     try:
         method = method_for(cfg, datasets=datasets, tracker=tracker, parent_id=parent)
         units = experiment_units(cfg, method)
         counts = train_units(units, cfg, tracker=tracker, parent_id=parent, datasets=datasets)
-        field, records = assemble(cfg, method)
-        tracker.log_dict(parent, {"units": {r: s.to_dict() for r, s in units.items()}, "method": method.describe(),
-                                  "guidance": build_guidance(cfg).describe()}, "units.json")
+        field, records = assemble(cfg, method, device=eval_device(cfg))
+        if main:
+            tracker.log_dict(parent, {"units": {r: s.to_dict() for r, s in units.items()}, "method": method.describe(),
+                                      "guidance": build_guidance(cfg).describe()}, "units.json")
         result = evaluate_field(field, cfg, datasets=datasets, tracker=tracker, run_id=parent)
-        result = dict(result, cost=log_cost(cfg, method, tracker, parent))
+        result = dict(result, cost=dist.broadcast(log_cost(cfg, method, tracker, parent) if main else None))
     except BaseException:
-        tracker.end_run(parent, status="FAILED")
+        if main:
+            tracker.end_run(parent, status="FAILED")
         raise
-    done_tags = {"harness.units_trained": len(counts["trained"]), "harness.units_reused": len(counts["reused"])}
-    if method.time_experts is not None:  # intervals of the time axis (N of seed 000's tables), for plots vs N
-        done_tags["harness.time_experts"] = method.time_experts
-    tracker.set_tags(parent, done_tags)
-    tracker.end_run(parent)
+    if main:
+        done_tags = {"harness.units_trained": len(counts["trained"]), "harness.units_reused": len(counts["reused"])}
+        if method.time_experts is not None:  # intervals of the time axis (N of seed 000's tables), for plots vs N
+            done_tags["harness.time_experts"] = method.time_experts
+        tracker.set_tags(parent, done_tags)
+        tracker.end_run(parent)
     return {"run_id": parent, "name": name, "method": cfg["method"]["name"], "units_trained": len(counts["trained"]),
-            "units_reused": len(counts["reused"]), "seconds": round(time.time() - t0, 1), **result}
+            "units_reused": len(counts["reused"]), "seconds": round(time.time() - t0, 1), "world_size": world, **result}

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from harness.core import dist
 from harness.core.errors import ConfigError
 from harness.core.files import write_json_atomic
 from harness.core.hashing import content_hash
@@ -89,9 +90,13 @@ def _check_curve(curve, monitor: str) -> None:
 def compute_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> dict[str, Any]:
     """{monitor, n, grid, curve, cumulative, boundaries, cost, field, aux_unit}."""
     datasets = datasets or DatasetCache()
-    s = cfg["split"]
     field, num_classes, aux_hash = split_field(cfg, datasets, tracker, parent_id)
-    data = datasets.get(cfg["data"])
+    return split_of_field(cfg, field, num_classes, aux_hash, datasets.get(cfg["data"]))
+
+
+def split_of_field(cfg: Mapping[str, Any], field, num_classes: int, aux_hash: Optional[str], data) -> dict[str, Any]:
+    """The monitor curve of ``field`` and its equidistributed boundaries (seed 000, Eq. 14-16)."""
+    s = cfg["split"]
     monitor = get("monitor", s["monitor"])
     extra = {"dataset": data} if "dataset" in inspect.signature(monitor).parameters else {}
     curve = monitor(field, shape=tuple(data.shape), num_classes=num_classes, trajectories=int(s["trajectories"]),
@@ -141,27 +146,41 @@ def split_dir(cfg: Mapping[str, Any]) -> Path:
 
 
 def cached_split(cfg: Mapping[str, Any], *, datasets=None, tracker=None, parent_id: Optional[str] = None) -> dict[str, Any]:
-    """The split result of ``cfg``: read from its folder, or computed (training the aux unit if needed) and stored."""
+    """The split result of ``cfg``: read from its folder, or computed (training the aux unit if needed) and stored.
+
+    Collective under ``torch.distributed``: every rank trains the aux unit's DDP steps; rank 0 alone
+    computes the monitor and writes the result, the other ranks read it, so all agree on the boundaries.
+    """
     path = split_dir(cfg) / "split.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute_split(cfg, datasets=datasets, tracker=tracker, parent_id=parent_id)
-    write_json_atomic(path, result)
-    return result
+    if not dist.broadcast(path.exists()):
+        datasets = datasets or DatasetCache()
+        field, num_classes, aux_hash = split_field(cfg, datasets, tracker, parent_id)
+        with dist.main_first() as main:
+            if main:
+                write_json_atomic(path, split_of_field(cfg, field, num_classes, aux_hash, datasets.get(cfg["data"])))
+    return json.loads(path.read_text())
 
 
 def run_split(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Compute (or reuse), plot, and record the split as an MLflow run (params, curve JSON, PNG)."""
+    """Compute (or reuse), plot, and record the split as an MLflow run (params, curve JSON, PNG).
+
+    Collective under ``torch.distributed`` (the aux unit trains on every rank); rank 0 records.
+    """
     from harness.track import Tracker, flatten, git_info
 
-    tracker = Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
+    main = dist.is_main()
+    tracker = Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"]) if main else None
     run_id = tracker.start_run(f"split-{cfg['split']['monitor']}-n{cfg['split']['n']}",
-                               tags={"harness.kind": "split", **git_info()}, params=flatten(cfg))
+                               tags={"harness.kind": "split", **git_info()}, params=flatten(cfg)) if main else None
+    run_id = dist.broadcast(run_id)
     try:
         result = cached_split(cfg, tracker=tracker, parent_id=run_id)
     except BaseException:
-        tracker.end_run(run_id, status="FAILED")
+        if main:
+            tracker.end_run(run_id, status="FAILED")
         raise
+    if not main:
+        return dict(result, run_id=run_id)
     png = plot_split(result, split_dir(cfg) / "monitor.png")
     tracker.log_dict(run_id, result, "split.json")
     tracker.log_artifact(run_id, png, "plots")

@@ -1,7 +1,8 @@
 """Train or reuse a set of units, one process per unit at a time, each in its own resumable MLflow run.
 
 Finished units are reused by content hash (``done.json`` in the unit folder); a unit another
-process is training is waited for under an exclusive ``flock`` beside its folder, then reused.
+job is training is waited for under an exclusive ``flock`` beside its folder (:func:`claim_unit`),
+then reused.
 An interrupted unit resumes from its last good checkpoint into the same MLflow run, whose id is
 stored in the unit folder (:func:`resume_or_start_run`).
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from harness.core import dist
 from harness.data.cache import DatasetCache
 from harness.train.units import UnitSpec, done_record
 
@@ -31,44 +34,67 @@ def resume_or_start_run(path: Path, tracker, name: str, *, parent_id: Optional[s
 
 
 @contextlib.contextmanager
-def unit_lock(unit_dir: Path) -> Iterator[None]:
-    """Exclusive flock beside the unit folder: one process trains a unit, others wait, then reuse it."""
+def claim_unit(unit_dir: Path, poll_s: float = 2.0) -> Iterator[bool]:
+    """Yield False if the unit is finished, else True while this job holds the unit's lock (rank 0 holds it).
+
+    Rank 0 polls a non-blocking flock and broadcasts what it saw each round, so while another job trains
+    the unit every rank of this job waits in short, bounded collectives (no collective blocks for hours
+    behind a file lock, which would trip the process group's timeout).  Single-process: the same, without
+    collectives.
+    """
     unit_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(unit_dir.parent / f"{unit_dir.name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
+    fh = open(unit_dir.parent / f"{unit_dir.name}.lock", "a") if dist.is_main() else None
+    try:
+        while True:
+            status = "done"
+            if fh is not None and done_record(unit_dir) is None:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    status = "done" if done_record(unit_dir) is not None else "mine"
+                except BlockingIOError:
+                    status = "busy"
+            status = dist.broadcast(status)
+            if status != "busy":
+                break
+            time.sleep(poll_s)
+        yield status == "mine"
+    finally:
+        if fh is not None:
             fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
 
 
 def train_units(units: Mapping[str, UnitSpec], cfg: Mapping[str, Any], *, tracker=None, parent_id: Optional[str] = None,
                 datasets: Optional[DatasetCache] = None) -> dict[str, Any]:
-    """Train (or reuse) every unit; returns the roles trained and reused."""
+    """Train (or reuse) every unit; returns the roles trained and reused.
+
+    Collective under ``torch.distributed``: every rank calls it and trains each unit's DDP steps;
+    rank 0 alone holds the unit's lock and its MLflow run (``tracker`` is only used there).
+    """
     from harness.track import git_info
     from harness.train import train_unit
 
     workdir = Path(cfg["paths"]["workdir"])
     datasets = datasets or DatasetCache()
+    main = dist.is_main()
+    for spec in units.values():  # before any lock or run exists: every unit's batch splits over the processes
+        dist.check_divides(int(spec.train["batch_size"]), "train.batch_size")
     trained, reused = [], []
     for role, spec in units.items():
         unit_dir = spec.directory(workdir)
-        if done_record(unit_dir) is not None:
-            reused.append(role)
-            continue
-        with unit_lock(unit_dir):  # a concurrent job (sweep cells sharing a unit) may be training it
-            if done_record(unit_dir) is not None:
+        with claim_unit(unit_dir) as mine:  # a concurrent job (sweep cells sharing a unit) may be training it
+            if not mine:
                 reused.append(role)
                 continue
             dataset = datasets.get(spec.data)
             run_id = None
-            if tracker is not None:
+            if tracker is not None and main:
                 tags = {"harness.kind": "unit", "harness.unit_hash": spec.hash, "harness.role": role, **git_info()}
                 run_id = resume_or_start_run(unit_dir / "mlflow_run.json", tracker, f"unit:{spec.label}",
                                              parent_id=parent_id, tags=tags, params=spec.to_dict())
-            train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker, run_id=run_id,
+            train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker if main else None, run_id=run_id,
                        progress=bool(cfg["run"]["progress"]))
-            if tracker is not None:
+            if tracker is not None and main:
                 tracker.end_run(run_id)
         trained.append(role)
     return {"trained": trained, "reused": reused}

@@ -41,7 +41,7 @@ from typing import Any, Mapping, Optional, Sequence
 from harness.config import hydra_value
 from harness.core.errors import ConfigError
 from harness.core.registry import suggest
-from harness.train.units import NON_WEIGHT_TRAIN_KEYS
+from harness.train.units import NON_WEIGHT_BACKBONE_KEYS, NON_WEIGHT_TRAIN_KEYS
 from harness.core.hashing import content_hash
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "list", "derive", "optuna", "metric", "plot")
@@ -142,6 +142,10 @@ def result_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in cfg.items() if k not in NON_RESULT_NODES}
     if "train" in out:
         out["train"] = {k: v for k, v in out["train"].items() if k not in NON_WEIGHT_TRAIN_KEYS}
+    if "backbone" in out:
+        out["backbone"] = {k: v for k, v in out["backbone"].items() if k not in NON_WEIGHT_BACKBONE_KEYS}
+    if "eval" in out:
+        out["eval"] = {k: v for k, v in out["eval"].items() if k != "device"}   # where scoring runs, not its result
     return out
 
 

@@ -1,67 +1,42 @@
 """One training loop for every unit (EDM2's training_loop as the model; STYLE practices 4 and 6).
 
-Every random draw of step k (data indices, noise, t, label dropout) comes from a
-generator seeded with (seed, k), so a unit resumed from a checkpoint at step k continues
-bit-identically on CPU, DDP ranks take slices of the same global batch, and two units
-that differ only in their time interval see paired draws (seed 000, Alg. 1).
+Every random draw of step k comes from (seed, k): the batch (data indices, noise, t, label
+dropout; :mod:`harness.train.batches`) from a generator seeded by (seed, k), and the randomness
+*inside* the forward (dropout, training-time token routing/masking) from the global RNG re-seeded
+with (seed, k, rank) before the step.  So a unit resumed from a checkpoint at step k continues
+bit-identically on CPU, DDP ranks take slices of the same global batch, and two units that differ
+only in their time interval see paired draws (seed 000, Alg. 1).
+
+Under ``torch.distributed`` (torchrun, srun) each rank trains its slice of the global batch
+(``train.batch_size / world``) in ``train.batch_gpu``-sized accumulation rounds (EDM2's
+``batch_gpu``); gradients are all-reduced by DDP; rank 0 alone writes checkpoints and logs.
+A stop signal (SIGUSR2 before a SLURM timeout/preemption, SIGTERM) is turned into a checkpoint at
+the next step boundary before the job requeues (:mod:`harness.train.preemption`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from harness.backbones.build import build_backbone
-from harness.core.files import sha256_file
+from harness.core import dist
+from harness.core.errors import CheckpointError, HarnessError
+from harness.core.files import sha256_file, write_json_atomic
 from harness.core.hashing import derived_seed
 from harness.core.versions import CONFIG_VERSION
 from harness.objectives import build_objective
-from harness.train.checkpoint import load_latest, save_checkpoint
+from harness.train.batches import draw_batch, rank_batches, step_generator  # noqa: F401  (re-exported)
+from harness.train.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from harness.train.preemption import PreemptionGuard, stop_requested
 from harness.train.units import UnitSpec, done_record
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A generator that depends only on (seed, step): resumption and DDP need nothing else."""
-    return torch.Generator().manual_seed(derived_seed("harness", seed, step))
-
-
-def draw_batch(dataset, step: int, *, seed: int, batch_size: int, interval: tuple[float, float], objective,
-               label_dropout: float, rank: int = 0, world: int = 1):
-    """The global batch of one step (same on every rank), then this rank's slice."""
-    g = step_generator(seed, step)
-    idx = torch.randint(len(dataset), (batch_size,), generator=g)
-    x1, y = dataset.get_batch(idx)
-    noise = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
-    t = objective.sample_t(torch.rand(batch_size, generator=g, dtype=torch.float64), interval).to(x1.dtype)
-    drop = torch.rand(batch_size, generator=g) < label_dropout
-    if dataset.num_classes > 0:
-        y = torch.where(drop, torch.full_like(y, dataset.num_classes), y)
-    else:
-        y = None
-    per = batch_size // world
-    sl = slice(rank * per, (rank + 1) * per)
-    return x1[sl], noise[sl], t[sl], None if y is None else y[sl]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
     return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def build_model_for(spec: UnitSpec, shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
@@ -70,12 +45,26 @@ def build_model_for(spec: UnitSpec, shape: tuple[int, ...], num_classes: int) ->
     return build_backbone(spec.backbone, shape, num_classes)
 
 
+def micro_batches(per_rank: int, batch_gpu: Optional[int]) -> list[slice]:
+    """Accumulation rounds of one rank's batch: slices of at most ``batch_gpu`` items (one round when None)."""
+    size = per_rank if not batch_gpu else int(batch_gpu)
+    return [slice(i, min(i + size, per_rank)) for i in range(0, per_rank, size)]
+
+
+def _oom_error(step: int, per_rank: int, batch_gpu: Optional[int]) -> HarnessError:
+    return HarnessError(f"CUDA out of memory at step {step} with {per_rank} items per GPU"
+                        f"{f' in rounds of {batch_gpu}' if batch_gpu else ''}",
+                        hint="set train.batch_gpu to a smaller per-GPU round (gradient accumulation, same result) "
+                             "and/or backbone.checkpointing=true (recompute activations in the backward pass)")
+
+
 def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run_id: Optional[str] = None,
                progress: bool = True, stop_after: Optional[int] = None) -> dict[str, Any]:
     """Train one unit to ``spec.train['steps']``, resuming from its latest good checkpoint.
 
-    Returns the completion record (also written to ``<unit>/done.json``).  ``stop_after``
-    stops early after that many steps in this call (tests, preemption drills).
+    Collective under ``torch.distributed``: every rank calls it.  Returns the completion record
+    (written to ``<unit>/done.json`` by rank 0).  ``stop_after`` stops early after that many steps in
+    this call (tests, preemption drills).
     """
     from harness.data.base import build_dataset
 
@@ -84,15 +73,12 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     if record is not None:
         return record
     tc = spec.train
-    rank, world = _dist()
-    device = resolve_device(tc.get("device", "auto"))
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    rank, world = dist.rank(), dist.world()
+    device = dist.resolve_device(tc.get("device", "auto"))
+    dist.enable_tf32(device)
     dataset = dataset if dataset is not None else build_dataset(spec.data)
-    if tc["batch_size"] % world:
-        from harness.core.errors import ConfigError
-
-        raise ConfigError(f"train.batch_size={tc['batch_size']} is not divisible by the {world} DDP processes")
+    per_rank = dist.check_divides(int(tc["batch_size"]), "train.batch_size")
+    rounds = micro_batches(per_rank, tc.get("batch_gpu"))
     objective = build_objective(spec.objective)
     model = build_model_for(spec, tuple(dataset.shape), dataset.num_classes).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if tc["ema_decay"] > 0 else None
@@ -107,8 +93,11 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
             ema.load_state_dict(ckpt["ema"])
         start = int(ckpt["step"])
     net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if world > 1:  # joint experts (time_experts) step one expert per batch: the others get no gradient
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)))
+    forward = torch.compile(net) if tc.get("compile") else net   # EMA and checkpoints keep the uncompiled module
     use_amp = tc.get("amp", "auto") == "on" or (tc.get("amp", "auto") == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     ema_params = list(ema.parameters()) if ema is not None else []
@@ -116,63 +105,83 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     total, end = int(tc["steps"]), int(tc["steps"]) if stop_after is None else min(int(tc["steps"]), start + stop_after)
     loss_sum = torch.zeros((), device=device)
     bar = _progress(progress and rank == 0, spec.label, total, start)
+    seed = int(tc["seed"])
     model.train()
-    for step in range(start, end):
-        x1, noise, t, y = draw_batch(dataset, step, seed=int(tc["seed"]), batch_size=int(tc["batch_size"]),
-                                     interval=spec.interval, objective=objective,
-                                     label_dropout=float(tc["label_dropout"]), rank=rank, world=world)
-        x1, noise, t = x1.to(device, non_blocking=True), noise.to(device, non_blocking=True), t.to(device)
-        y = None if y is None else y.to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc["lr"], tc["warmup_steps"])
-        with autocast():
-            loss = objective.loss(net, x1, noise, t, y).mean()
-            aux = getattr(model, "last_aux_loss", None)
-            if aux is not None:
-                loss = loss + aux
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1.0 - tc["ema_decay"])
-        loss_sum += loss.detach()
-        done = step + 1
-        if done % tc["log_every"] == 0 or done == total:
-            n = done % tc["log_every"] or tc["log_every"]
-            value = float(loss_sum) / n
-            loss_sum.zero_()
-            if tracker is not None and run_id is not None and rank == 0:
-                tracker.log_metrics(run_id, {"train_loss": value, "lr": opt.param_groups[0]["lr"]}, step=done)
-            if bar is not None:
-                bar.update(done, loss=value)
-        elif bar is not None and done % 10 == 0:
-            bar.update(done)
-        if done % tc["checkpoint_every"] == 0 or done == total:
-            if rank == 0:
-                _save(unit_dir, done, model, ema, opt, meta, tc)
-            if world > 1:
-                torch.distributed.barrier()
+    batches = rank_batches(dataset, seed=seed, batch_size=int(tc["batch_size"]), interval=spec.interval,
+                           objective=objective, label_dropout=float(tc["label_dropout"]), start=start, end=end,
+                           rank=rank, world=world, workers=int(tc.get("workers") or 0),
+                           pin_memory=device.type == "cuda")
+    with PreemptionGuard() as guard:
+        for step, (x1, noise, t, y) in batches:
+            torch.manual_seed(derived_seed("harness-forward", seed, step, rank))  # dropout, token masks: (seed, step, rank)
+            x1, noise, t = x1.to(device, non_blocking=True), noise.to(device, non_blocking=True), t.to(device)
+            y = None if y is None else y.to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc["lr"], tc["warmup_steps"])
+            opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=device)
+            try:
+                for i, sl in enumerate(rounds):
+                    last = i == len(rounds) - 1
+                    sync = contextlib.nullcontext() if last or world == 1 else net.no_sync()
+                    with sync:
+                        with autocast():
+                            loss = objective.loss(forward, x1[sl], noise[sl], t[sl], None if y is None else y[sl]).mean()
+                            aux = getattr(model, "last_aux_loss", None)
+                            if aux is not None:
+                                loss = loss + aux
+                        weight = (sl.stop - sl.start) / per_rank   # the round's share of the rank's batch mean
+                        (loss * weight).backward()
+                    step_loss += loss.detach() * weight
+            except torch.cuda.OutOfMemoryError:
+                raise _oom_error(step, per_rank, tc.get("batch_gpu")) from None
+            if tc["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_params, params, 1.0 - tc["ema_decay"])
+            loss_sum += step_loss
+            done = step + 1
+            if done % tc["log_every"] == 0 or done == total:
+                n = done % tc["log_every"] or tc["log_every"]
+                value = float(loss_sum) / n
+                loss_sum.zero_()
+                if tracker is not None and run_id is not None and rank == 0:
+                    tracker.log_metrics(run_id, {"train_loss": value, "lr": opt.param_groups[0]["lr"]}, step=done)
+                if bar is not None:
+                    bar.update(done, loss=value)
+            elif bar is not None and done % 10 == 0:
+                bar.update(done)
+            stop = stop_requested(guard, dist.any_rank)
+            if done % tc["checkpoint_every"] == 0 or done == total or stop:
+                if rank == 0:
+                    _save(unit_dir, done, model, ema, opt, meta, tc, resumed_from=start)
+                dist.barrier()
+            if stop:
+                if bar is not None:
+                    bar.close()
+                guard.hand_on(done)
     if bar is not None:
         bar.close()
     if end < total:
-        return {"finished": False, "step": end}
+        return {"finished": False, "step": end, "resumed_from": start}
     final = sorted(unit_dir.glob("ckpt_*.pt"))[-1]
     record = {"finished": True, "step": total, "checkpoint": final.name, "sha256": sha256_file(final),
               "hash": spec.hash, "label": spec.label, "data_shape": meta["data_shape"], "num_classes": dataset.num_classes,
-              "mlflow_run_id": run_id}
+              "mlflow_run_id": run_id, "resumed_from": start, "world_size": world}
     if rank == 0:
-        (unit_dir / "done.json").write_text(json.dumps(record, indent=1))
+        write_json_atomic(unit_dir / "done.json", record)
+    dist.barrier()
     return record
 
 
-def _save(unit_dir: Path, step: int, model, ema, opt, meta: dict, tc: dict) -> None:
+def _save(unit_dir: Path, step: int, model, ema, opt, meta: dict, tc: dict, *, resumed_from: int) -> None:
     payload = {"model": model.state_dict(), "optimizer": opt.state_dict()}
     if ema is not None:
         payload["ema"] = ema.state_dict()
-    save_checkpoint(unit_dir, step, payload, config=meta, config_version=CONFIG_VERSION, keep=int(tc["keep_checkpoints"]))
+    save_checkpoint(unit_dir, step, payload, config=dict(meta, resumed_from=resumed_from),
+                    config_version=CONFIG_VERSION, keep=int(tc["keep_checkpoints"]))
 
 
 class _Bar:
@@ -202,15 +211,12 @@ def _progress(enabled: bool, label: str, total: int, start: int) -> Optional[_Ba
 
 def load_unit_field_parts(spec: UnitSpec, workdir: Path, *, use_ema: bool = True, device: str = "cpu"):
     """(model in eval mode, objective, record) of a finished unit, loaded from its checksummed checkpoint."""
-    from harness.core.errors import CheckpointError
-    from harness.train.checkpoint import load_checkpoint
-
     unit_dir = spec.directory(workdir)
     record = done_record(unit_dir)
     if record is None:
         raise CheckpointError(f"unit {spec.label} ({spec.hash}) has not finished training in {unit_dir}",
                               hint="run `harness train` or `harness run` with the same config first")
-    ckpt = load_checkpoint(unit_dir / record["checkpoint"], config_version=CONFIG_VERSION, map_location=device)
+    ckpt = load_checkpoint(unit_dir / record["checkpoint"], config_version=CONFIG_VERSION, map_location=str(device))
     model = build_model_for(spec, tuple(record["data_shape"]), int(record["num_classes"]))
     model.load_state_dict(ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"])
     return model.to(device).eval(), build_objective(spec.objective), record

@@ -15,7 +15,10 @@ from typing import Any, Mapping, Optional
 from harness.core.hashing import content_hash
 from harness.core.versions import CONFIG_VERSION, HASH_VERSION
 
-NON_WEIGHT_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every", "device")
+# keys that change how or where a unit trains, not its weights (up to float rounding of batched kernels):
+# logging and checkpoint cadence, the device, gradient-accumulation rounds, torch.compile, DataLoader workers
+NON_WEIGHT_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every", "device", "batch_gpu", "compile", "workers")
+NON_WEIGHT_BACKBONE_KEYS = ("checkpointing",)   # activation checkpointing recomputes the same forward
 
 
 @dataclasses.dataclass
@@ -31,8 +34,9 @@ class UnitSpec:
 
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in NON_WEIGHT_TRAIN_KEYS}
+        backbone = {k: v for k, v in self.backbone.items() if k not in NON_WEIGHT_BACKBONE_KEYS}
         return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": self.data,
-                "backbone": self.backbone, "objective": self.objective, "train": train,
+                "backbone": backbone, "objective": self.objective, "train": train,
                 "interval": [float(self.interval[0]), float(self.interval[1])]}
 
     @property
