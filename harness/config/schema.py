@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 import inspect
+import re
 import types
 import typing
+from urllib.parse import urlparse
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from harness.core.errors import ConfigError
@@ -190,8 +192,15 @@ class RunConfig:
 
 @dataclasses.dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///harness_out/mlflow.db"
+    uri: str = "sqlite:///harness_out/mlflow.db"   # or a tracking server's http(s)://host:port (tracking=server)
     log_git_diff: bool = True
+
+    def check(self, p: str) -> None:
+        """A server URI names its scheme and host: MLflow reads ``node1:5000`` as a store of scheme 'node1'."""
+        if re.fullmatch(r"[\w.-]+:\d+/?", self.uri):
+            raise ConfigError(f"{p}.uri: {self.uri!r} has no scheme", hint=f"a tracking server is http://{self.uri}")
+        if self.uri.startswith(("http://", "https://")) and not urlparse(self.uri).hostname:
+            raise ConfigError(f"{p}.uri: {self.uri!r} names no host", hint="a tracking server is http://host:port")
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pandas as pd
 
-from harness.core.errors import HarnessError
+from harness.core.errors import ConfigError, HarnessError
 
 SWEEP_TAG = "harness.sweep"          # runs of one sweep carry tags.harness.sweep=<name>
 
@@ -28,7 +28,16 @@ def sqlite_path(uri: str) -> Optional[Path]:
 
 
 def check_store(uri: str) -> None:
-    """StoreError unless the store at ``uri`` exists (SQLite: the file; others: left to MLflow)."""
+    """StoreError unless the store at ``uri`` exists (SQLite: the file; others: left to MLflow).
+
+    A tracking server must answer /health: one that is down would hang the first MLflow call for minutes.
+    """
+    from harness.track.store import check_server
+
+    try:
+        check_server(uri)
+    except ConfigError as err:
+        raise StoreError(err.message, hint=err.hint) from None
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise StoreError(f"tracking.uri: no MLflow store at {db}",

@@ -1,11 +1,13 @@
 """``harness ui``: the MLflow UI on 127.0.0.1 over the project's store (DESIGN.md, Commands users run).
 
-Binds to localhost only; checks the port before starting (a port in use is one line naming a free
-one); waits for ``/health`` (FINDINGS: 9–31 s here) before printing the URL; Ctrl-C stops the
-server's whole process group, so no gunicorn/uvicorn worker is left behind.
+Binds to localhost unless told otherwise; checks the port before starting (a port in use is one line
+naming a free one); waits for ``/health`` (FINDINGS: 9–31 s here) before printing the URL; Ctrl-C stops
+the server's whole process group, so no gunicorn/uvicorn worker is left behind.  Bound to another
+interface it is the tracking server of a cluster's jobs (README, Tracking on a cluster): see ``ui_command``.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -18,6 +20,7 @@ from typing import Callable, Optional
 
 from harness.core.errors import HarnessError
 from harness.tables.runs import StoreError, check_store, sqlite_path
+from harness.track.store import ensure_store, is_server
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -44,14 +47,47 @@ def free_port(start: int, host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
-def ui_command(uri: str, port: int, host: str = HOST) -> list[str]:
-    """The ``mlflow ui`` command line: one worker, artifacts served from beside the SQLite store."""
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach a server bound to ``host``."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ui_command(uri: str, port: int, host: str = HOST, *, cluster: bool = False) -> list[str]:
+    """The ``mlflow ui`` command line: one worker, artifacts in ``mlartifacts/`` beside a SQLite store.
+
+    By default the artifact root is that folder's ``file://`` URI: a local ``harness run`` logging to the
+    ``sqlite:///`` URI itself writes there and the UI reads it.  ``cluster``: the server jobs on other
+    machines log to, which may not see this machine's disk: artifacts are uploaded through the server
+    (``--serve-artifacts``; new experiments get the root ``mlflow-artifacts:/``) into the same folder, and
+    requests naming this machine are accepted (``--allowed-hosts``, unless MLFLOW_SERVER_ALLOWED_HOSTS
+    is set; MLflow's default accepts localhost and private IPs only).
+    """
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
     db = sqlite_path(uri)
-    if db is not None:
-        cmd += ["--default-artifact-root", (db.parent / "mlartifacts").as_uri()]
+    artifacts = None if db is None else db.parent / "mlartifacts"
+    if not cluster:
+        return cmd + ([] if artifacts is None else ["--default-artifact-root", artifacts.as_uri()])
+    cmd += ["--serve-artifacts"] + ([] if artifacts is None else ["--artifacts-destination", str(artifacts)])
+    if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        cmd += ["--allowed-hosts", ",".join(cluster_allowed_hosts())]
     return cmd
+
+
+def cluster_allowed_hosts() -> list[str]:
+    """MLflow's default Host headers plus this machine's names: jobs reach the server as http://<name>:<port>."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    names = sorted({socket.gethostname(), socket.getfqdn()} - {"localhost"})
+    return get_default_allowed_hosts() + [h for name in names for h in (name, f"{name}:*")]
+
+
+def jobs_uri(host: str, port: int) -> str:
+    """The tracking URI other machines use for a server bound to ``host`` (this machine's name for 0.0.0.0)."""
+    return f"http://{socket.gethostname() if host == '0.0.0.0' else host}:{port}"
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> bool:
@@ -70,15 +106,29 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> 
     return False
 
 
-def start_ui(uri: str, port: int = DEFAULT_PORT, *, log: Optional[Path] = None) -> tuple[subprocess.Popen, str]:
-    """Start the server in its own process group; (process, URL). Errors are one line."""
-    check_store(uri)
-    if not port_free(port):
-        raise HarnessError(f"--port: port {port} on {HOST} is already in use", hint=f"try --port {free_port(port + 1)}")
+def start_ui(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, cluster: bool = False,
+             log: Optional[Path] = None) -> tuple[subprocess.Popen, str]:
+    """Start the server in its own process group; (process, URL on this machine). Errors are one line.
+
+    ``cluster`` (see ``ui_command``) also creates a missing store: a server for jobs starts empty.
+    """
+    if is_server(uri):
+        raise StoreError(f"tracking.uri: {uri} is a tracking server already; open it in a browser",
+                         hint="harness ui serves a database: pass tracking.uri=sqlite:////path/to/mlflow.db")
+    if cluster:
+        ensure_store(uri)
+    else:
+        check_store(uri)
+    if not port_free(port, host):
+        raise HarnessError(f"--port: port {port} on {host} is already in use",
+                           hint=f"try --port {free_port(port + 1, host)}")
     out = open(log, "ab") if log else subprocess.DEVNULL
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
-    proc = subprocess.Popen(ui_command(uri, port), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return proc, f"http://{HOST}:{port}"
+    # MLflow 3's job runner (7 huey processes for GenAI jobs the harness never submits) slows start and stop
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    proc = subprocess.Popen(ui_command(uri, port, host, cluster=cluster), stdout=out, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    return proc, f"http://{HOST if host == '0.0.0.0' else host}:{port}"
 
 
 def stop_ui(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
@@ -97,14 +147,16 @@ def stop_ui(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
             continue
 
 
-def serve(uri: str, port: int = DEFAULT_PORT, *, say: Callable[[str], None] = print, log: Optional[Path] = None,
-          experiment: Optional[str] = None) -> int:
+def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable[[str], None] = print,
+          log: Optional[Path] = None, experiment: Optional[str] = None) -> int:
     """Start, wait until healthy, print the URL, then block until Ctrl-C (exit 0) or the server dies.
 
     ``experiment``: an MLflow experiment name whose runs page is printed too (MLflow 3 opens an
     experiment on its GenAI overview; the runs page is where a sweep's runs are compared).
+    ``host`` other than loopback: the cluster's tracking server (``ui_command``); the URI jobs use is printed.
     """
-    proc, url = start_ui(uri, port, log=log)
+    cluster = not is_loopback(host)
+    proc, url = start_ui(uri, port, host=host, cluster=cluster, log=log)
     try:
         say(f"starting the MLflow UI on {url} (store {uri}) ...")
         if not wait_healthy(url, proc):
@@ -113,6 +165,8 @@ def serve(uri: str, port: int = DEFAULT_PORT, *, say: Callable[[str], None] = pr
             raise StoreError(f"the MLflow UI did not come up on {url}" + (f" (exit code {code})" if code is not None else ""),
                              hint=f"see {log}" if log else "run `mlflow ui` by hand to see its output")
         say(f"MLflow UI: {url}  (Ctrl-C stops it)")
+        if cluster:
+            say(f"jobs log here with: export MLFLOW_TRACKING_URI={jobs_uri(host, port)}")
         runs_page = _runs_page(uri, experiment)
         if runs_page:
             say(f"runs of {experiment!r}: {url}/{runs_page}")

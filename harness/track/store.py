@@ -3,7 +3,9 @@
 Uses ``MlflowClient`` with explicit run ids, never the global active run, so units in
 several processes (DDP, submitit) log into the run they were given.  A fresh SQLite
 store is created once under a file lock before any concurrent writer (FINDINGS: two
-processes migrating a new store at once race).
+processes migrating a new store at once race).  An ``http(s)://`` URI is a tracking server
+(README, Tracking on a cluster): it is health-checked once when the tracker is created, so a
+job pointed at a server that is down fails in seconds, before it trains.
 """
 from __future__ import annotations
 
@@ -12,12 +14,18 @@ import json
 import logging
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from harness.core.errors import ConfigError
 
 MAX_PARAM_LEN = 6000
+SERVER_SCHEMES = ("http://", "https://")
+HEALTH_TIMEOUT_S = 10.0
+START_SERVER = ("start one (harness ui on this machine; mlflow server for a cluster, README 'Tracking on a cluster') "
+                "and point MLFLOW_TRACKING_URI or tracking.uri at its http://host:port")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -36,6 +44,7 @@ def _quiet() -> None:
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server URI prints 2 lines per run end
 
 
 class Tracker:
@@ -46,10 +55,30 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        check_server(uri)
         ensure_store(uri)
         self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment_name)
+        exp = self._get_experiment(experiment_name)
         self.experiment_id = exp.experiment_id if exp else self._create_experiment(experiment_name)
+
+    def _get_experiment(self, name: str):
+        """The named experiment or None; a server that answers /health but refuses requests is one line.
+
+        /health is exempt from MLflow's Host-header check, so a server started without ``--allowed-hosts``
+        naming the host in ``tracking.uri`` (or one wanting credentials) passes the health check and
+        answers 403/401 here.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_experiment_by_name(name)
+        except MlflowException as err:
+            if not is_server(self.uri):
+                raise
+            reason = str(err).splitlines()[0][:300]
+            raise ConfigError(f"tracking.uri: the MLflow server at {self.uri} refused the request: {reason}",
+                              hint="a server reached by a host name needs that name in its --allowed-hosts; "
+                                   "one with authentication needs MLFLOW_TRACKING_USERNAME/PASSWORD") from None
 
     def _create_experiment(self, name: str) -> str:
         # Artifacts live beside a SQLite store (not in ./mlruns of whatever the cwd is).
@@ -114,6 +143,31 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (MLflow's REST API over HTTP), not a store this process opens."""
+    return uri.startswith(SERVER_SCHEMES)
+
+
+def check_server(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    """ConfigError unless the tracking server at ``uri`` answers ``/health`` within ``timeout_s``; other URIs pass.
+
+    MLflow's client retries a server that does not answer with exponential backoff for minutes
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES); one GET with a short timeout fails the job in seconds instead.
+    """
+    if not is_server(uri):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            if r.status == 200:
+                return
+            reason = f"HTTP {r.status}"
+    except urllib.error.HTTPError as err:
+        reason = f"HTTP {err.code}"
+    except (OSError, ValueError) as err:  # refused, timed out, unknown host, malformed URL
+        reason = str(getattr(err, "reason", err))
+    raise ConfigError(f"tracking.uri: no MLflow server answers at {uri} ({reason})", hint=START_SERVER)
 
 
 def ensure_store(uri: str) -> None:
