@@ -91,8 +91,9 @@ def cmd_sample(args) -> int:
 
     cfg = load(args.overrides)
     field, _ = assemble(cfg)
-    samples, labels, nfe = generate_samples(field, cfg, DatasetCache())
-    out = save_samples_npz(Path(args.out), samples, labels)
+    datasets = DatasetCache()  # latents (issue 14.4): the data's decoder turns latent samples into images
+    samples, labels, nfe = generate_samples(field, cfg, datasets)  # latents (issue 14.4)
+    out = save_samples_npz(Path(args.out), samples, labels, datasets.get(cfg["data"]))  # latents (issue 14.4)
     _console().print(f"wrote {len(samples)} samples ({nfe} NFE each) to {out}")
     return 0
 

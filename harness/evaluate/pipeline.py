@@ -19,6 +19,7 @@ from harness.core.registry import get
 from harness.core.files import sha256_file
 from harness.core.hashing import content_hash
 from harness.core.versions import PROTOCOL_VERSION
+from harness.evaluate.images import check_metric_reference, image_protocol, to_metric_images  # latents (issue 14.4)
 
 
 
@@ -50,11 +51,11 @@ def images_uint8(x: torch.Tensor) -> torch.Tensor:
     return to_uint8(x)
 
 
-def save_samples_npz(path: Path, samples: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
-    """ADM evaluator-suite layout: ``arr_0`` uint8 (N, H, W, C), ``arr_1`` labels."""
+def save_samples_npz(path: Path, samples: torch.Tensor, labels: Optional[torch.Tensor], dataset) -> Path:  # latents (issue 14.4)
+    """ADM evaluator-suite layout: ``arr_0`` uint8 (N, H, W, C) (latents decoded), ``arr_1`` labels; vectors as they are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"arr_0": images_uint8(samples).permute(0, 2, 3, 1).numpy()} if samples.dim() == 4 else {"arr_0": samples.numpy()}
+    arrays = {"arr_0": to_metric_images(samples, dataset).permute(0, 2, 3, 1).numpy()} if dataset.kind != "vector" else {"arr_0": samples.numpy()}  # latents (issue 14.4)
     if labels is not None:
         arrays["arr_1"] = labels.numpy()
     np.savez(path, **arrays)
@@ -84,7 +85,7 @@ def reference_features(cfg: Mapping[str, Any], extractor, datasets) -> tuple[np.
         feats = np.load(cache)
     else:
         data = datasets.get(node)
-        x = data.x[: int(cfg["eval"]["reference_n"]) or len(data)]
+        x = data.get_batch(torch.arange(min(int(cfg["eval"]["reference_n"]) or len(data), len(data))))[0]  # latents (issue 14.4): reads n rows, not all
         feats = extractor.features(images_uint8(x) if data.kind == "image" else x)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npy")
@@ -123,6 +124,8 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
     ev = cfg["eval"]
     if not ev["metrics"]:
         return {"metrics": {}, "protocol": {"nfe": nfe, "n_samples": len(samples)}}
+    data = datasets.get(cfg["data"])  # latents (issue 14.4): moved up
+    check_metric_reference(ev, data)  # latents (issue 14.4)
     extractor = build_extractor(cfg)
     ref_stats = None
     if ev.get("reference"):
@@ -130,8 +133,7 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
     else:
         ref, ref_hash = reference_features(cfg, extractor, datasets)
         ref_name = json.dumps(reference_node(cfg), sort_keys=True)
-    data = datasets.get(cfg["data"])
-    inputs = images_uint8(samples) if data.kind == "image" else samples
+    inputs = to_metric_images(samples, data) if data.kind != "vector" else samples  # latents (issue 14.4)
     result = score_samples(inputs, reference=ref_stats, reference_features=ref, extractor=extractor,
                            metrics=tuple(ev["metrics"]), seed=int(ev["seed_offset"]), fd_backend=ev.get("fd_backend", "harness"),
                            lpips_backbone=ev.get("lpips_backbone"), pairs=int(ev.get("lpips_pairs", 2000)))
@@ -141,6 +143,7 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
         "sampler": json.dumps(cfg["sampler"], sort_keys=True),
         "nfe": nfe, "seeds": f"{ev['seed_offset']}..{int(ev['seed_offset']) + len(samples) - 1}",
         "class_label": ev["class_label"],
+        **image_protocol(data),  # latents (issue 14.4)
     })
     return result
 
@@ -153,6 +156,8 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
     from harness.backbones.moe import reset_routing_stats, routing_metrics
 
     reset_routing_stats(field)
+    data = datasets.get(cfg["data"])  # latents (issue 14.4)
+    check_metric_reference(cfg["eval"], data)  # latents (issue 14.4): before sampling
     samples, labels, nfe = generate_samples(field, cfg, datasets)
     result = score(samples, cfg, datasets, nfe=nfe)
     result["metrics"].update(routing_metrics(field))
@@ -160,17 +165,17 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
         tracker.log_metrics(run_id, result["metrics"])
         tracker.log_params(run_id, {f"protocol.{k}": v for k, v in result["protocol"].items()})
         tracker.log_dict(run_id, result["protocol"], "protocol.json")
-        if samples.dim() == 4:
-            tracker.log_artifact(run_id, sample_grid(samples[:64]), "samples")
+        if data.kind != "vector":  # latents (issue 14.4)
+            tracker.log_artifact(run_id, sample_grid(to_metric_images(samples[:64], data)), "samples")  # latents (issue 14.4)
     return result
 
 
 def sample_grid(samples: torch.Tensor, nrow: int = 8) -> Path:
-    """PNG grid of images in [-1, 1]."""
+    """PNG grid of uint8 images."""
     from torchvision.utils import save_image
 
     path = Path(tempfile.mkdtemp()) / "sample_grid.png"
-    save_image((samples.clamp(-1, 1) + 1) / 2, path, nrow=nrow)
+    save_image(samples.float() / 255, path, nrow=nrow)  # latents (issue 14.4)
     return path
 
 
@@ -183,5 +188,5 @@ def score_npz(path: Path, cfg: Mapping[str, Any], datasets) -> dict[str, Any]:
         from harness.core.errors import DataError
 
         raise DataError(f"{path} has no sample batch arr_0", hint="expected an ADM-format sample npz (arr_0: uint8 N x H x W x C)")
-    imgs = torch.from_numpy(np.asarray(arrays["arr_0"])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    imgs = torch.from_numpy(np.asarray(arrays["arr_0"])).permute(0, 3, 1, 2)  # latents (issue 14.4): uint8 images, never decoded again
     return score(imgs, cfg, datasets, nfe=None)
