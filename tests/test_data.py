@@ -180,8 +180,6 @@ def test_image_folder(tmp_path: Path) -> None:
 
 
 def test_latent_shards_lazy_and_decode_needs_a_vae(tmp_path: Path) -> None:
-    from harness.data.latents import decode_latents
-
     rng = np.random.default_rng(0)
     lat = [rng.standard_normal((3, 4, 32, 32)).astype(np.float32), rng.standard_normal((2, 4, 32, 32)).astype(np.float16)]
     lab = [np.array([1, 5, 999]), np.array([0, 7])]
@@ -196,10 +194,10 @@ def test_latent_shards_lazy_and_decode_needs_a_vae(tmp_path: Path) -> None:
     torch.testing.assert_close(x[1], torch.from_numpy(lat[0][0]))
     sub = ds.subset(0.6, seed=0)
     assert sub.is_lazy and len(sub) == 3 and sub.x.shape == (3, 4, 32, 32)
-    with pytest.raises(DataError, match="no VAE"):
-        decode_latents(x)
-    with pytest.raises(DataError, match=str(tmp_path / "vae")):
-        decode_latents(x, tmp_path / "vae")
+    with pytest.raises(DataError, match="no VAE is recorded with them and data.vae is not set"):
+        ds.decoder(x)  # shards without harness encode metadata (fast-DiT's) decode only with data.vae
+    with pytest.raises(ConfigError, match=f"data.vae: VAE directory {tmp_path / 'vae'} does not exist"):
+        build_dataset({"name": "latent_shards", "root": str(tmp_path), "vae": str(tmp_path / "vae")})
 
 
 def test_unknown_data_key_suggests() -> None:

@@ -33,7 +33,7 @@ LAYERS = [
     ("tables", ["harness.tables"]),
     ("cli", ["harness.cli", "harness"]),
 ]
-COMMAND_MODULES = ("harness.cli", "harness.sweep.commands", "harness.tables.commands")
+COMMAND_MODULES = ("harness.cli", "harness.sweep.commands", "harness.tables.commands", "harness.data.commands")
 # objectives know nothing about backbones (SiT's transport/ never imports models.py), and back
 SEPARATE = [("harness.objectives", "harness.backbones"), ("harness.backbones", "harness.objectives")]
 

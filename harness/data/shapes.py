@@ -2,7 +2,9 @@
 
 Full-scale configs (SiT-XL/2 on ImageNet latents) are counted and validated on machines that do
 not hold their data: the shape then comes from the dataset's nominal shape (the ImageNet latents
-are 4x32x32 with 1000 classes in SiT/DiT), else from loading the dataset.
+are 4x32x32 with 1000 classes in SiT/DiT), else from loading the dataset.  Latent shards written by
+``harness encode`` say their shape in their metadata, which is read instead of the nominal shape
+when they are present (a tiny VAE's 4x16x16 latents, a 512x512 encoding's 4x64x64).
 """
 from __future__ import annotations
 
@@ -29,6 +31,16 @@ def data_shape(node: Mapping[str, Any]) -> tuple[tuple[int, ...], int, str]:
     if name == "image_folder":                    # counting needs no images: ImageNet-style folders assumed
         side = int(node.get("resolution") or node.get("image_size") or 32)
         return (int(node.get("channels") or 3), side, side), 1000, "nominal (image_folder: 1000 classes assumed)"
+    if name == "latent_shards":                   # the shape of the latents (what the backbone sees), not of the images
+        from harness.data.latents import peek_shards
+
+        shape, classes = NOMINAL[name]
+        peeked = peek_shards(node["root"], node.get("pattern") or "*.npz") if node.get("root") else None
+        if peeked is not None:
+            shape, classes = peeked
+        if node.get("num_classes") is not None:
+            classes = int(node["num_classes"])
+        return shape, classes, "shard metadata" if peeked is not None else "nominal"
     if name in NOMINAL:
         shape, classes = NOMINAL[name]
         c, h, w = shape

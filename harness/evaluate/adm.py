@@ -45,3 +45,21 @@ def write_adm_npz(path: Path, images_uint8_nhwc: Optional[np.ndarray] = None, mu
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
     return path
+
+
+def adm_image_shape(path: Path) -> Optional[tuple[int, int, int]]:  # latents (issue 14.4): the resolution check
+    """(H, W, C) of an ADM npz's ``arr_0`` from its header only (a 50K reference batch is ~10 GB); ``None`` without images."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if "arr_0.npy" not in zf.namelist():
+                return None
+            with zf.open("arr_0.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+                shape, _, dtype = read_header(f)
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise DataError(f"{path} is not a readable npz: {err}") from None
+    if dtype != np.uint8 or len(shape) != 4:
+        raise DataError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
+    return tuple(int(s) for s in shape[1:])

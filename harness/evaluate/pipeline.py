@@ -26,7 +26,8 @@ from harness.core.files import sha256_file, write_atomic
 from harness.core.hashing import content_hash
 from harness.core.registry import get
 from harness.core.versions import PROTOCOL_VERSION
-from harness.sample import generate, to_uint8
+from harness.evaluate.images import check_metric_reference, image_protocol, to_metric_images
+from harness.sample import generate
 
 GRID = 64  # samples in the logged grid
 
@@ -43,18 +44,12 @@ def eval_device(cfg: Mapping[str, Any]) -> torch.device:
     return device
 
 
-def images_uint8(x: torch.Tensor) -> torch.Tensor:
-    return to_uint8(x)
-
-
 def metric_inputs(x: torch.Tensor, dataset) -> torch.Tensor:
-    """What extractors and the sample npz take: uint8 (B, C, H, W) for image data, the vectors otherwise."""
-    if dataset.kind == "image":
-        return images_uint8(x.cpu())
-    if dataset.kind == "latent":
-        raise DataError(f"{dataset.name}: samples are latents and this dataset has no decoder",
-                        hint="set data.vae to the VAE the latents were encoded with, so samples are decoded before metrics")
-    return x.cpu()
+    """What extractors and the sample npz take: uint8 images (B, C, H, W) (latents decoded by the data's VAE,
+    on the device the samples are on), or the vectors themselves for vector data."""
+    if dataset.kind == "vector":
+        return x.cpu()
+    return to_metric_images(x, dataset).cpu()
 
 
 @dataclasses.dataclass
@@ -92,7 +87,7 @@ def sample_pass(field, cfg: Mapping[str, Any], dataset, *, n: Optional[int] = No
     for x, y, nfe in generate(field, build_sampler(cfg), seeds=mine, shape=dataset.shape,
                               num_classes=dataset.num_classes, batch_size=int(ev["batch_size"]),
                               class_label=ev["class_label"], device=device):
-        inputs = metric_inputs(x, dataset)
+        inputs = metric_inputs(x.to(device) if dataset.kind == "latent" else x, dataset)
         if extractor is not None:
             feats.append(torch.as_tensor(np.asarray(extractor.features(inputs))))
         if keep_local:
@@ -149,11 +144,12 @@ def generate_samples(field, cfg: Mapping[str, Any], datasets, n: Optional[int] =
     return samples, labels, dist.broadcast(nfe)
 
 
-def save_samples_npz(path: Path, samples: torch.Tensor, labels: Optional[torch.Tensor]) -> Path:
-    """ADM evaluator-suite layout: ``arr_0`` uint8 (N, H, W, C), ``arr_1`` labels (one process, all samples)."""
+def save_samples_npz(path: Path, samples: torch.Tensor, labels: Optional[torch.Tensor], dataset) -> Path:
+    """ADM evaluator-suite layout: ``arr_0`` uint8 (N, H, W, C) (decoded when latents), ``arr_1`` labels."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"arr_0": images_uint8(samples).permute(0, 2, 3, 1).numpy()} if samples.dim() == 4 else {"arr_0": samples.numpy()}
+    inputs = metric_inputs(samples, dataset)
+    arrays = {"arr_0": inputs.permute(0, 2, 3, 1).numpy()} if inputs.dim() == 4 else {"arr_0": inputs.numpy()}
     if labels is not None:
         arrays["arr_1"] = labels.numpy()
     write_atomic(path, lambda f: np.savez(f, **arrays))
@@ -168,6 +164,8 @@ def write_sample_npz(field, cfg: Mapping[str, Any], dataset, path: Path) -> tupl
     Returns (path, n, NFE per sample).
     """
     path = Path(path)
+    if dataset.kind == "latent":
+        dataset.decoder.check()  # the VAE that encoded the latents is here, before anything is sampled
     s = sample_pass(field, cfg, dataset, keep_local=True)
     local = s.local if s.local is not None else torch.zeros((0, *dataset.shape))
     arr = local.permute(0, 2, 3, 1).numpy() if local.dim() == 4 else local.numpy()
@@ -219,10 +217,11 @@ def reference_features(cfg: Mapping[str, Any], extractor, datasets) -> tuple[np.
         feats = np.load(cache)
     else:
         data = datasets.get(node)
-        n = int(cfg["eval"]["reference_n"]) or len(data)
+        n = min(int(cfg["eval"]["reference_n"]) or len(data), len(data))
         step = int(cfg["eval"]["batch_size"])
-        feats = np.concatenate([np.asarray(extractor.features(metric_inputs(data.x[i:min(i + step, n)], data)))
-                                for i in range(0, n, step)])
+        feats = np.concatenate([np.asarray(extractor.features(metric_inputs(data.get_batch(torch.arange(i, min(i + step, n)))[0],
+                                                                            data)))
+                                for i in range(0, n, step)])   # reads n rows, batch by batch (latent shards stay lazy)
         write_atomic(cache, lambda f: np.save(f, feats))
     return feats, content_hash({"key": key, "sum": float(np.asarray(feats, dtype=np.float64).sum())})
 
@@ -275,7 +274,7 @@ def score_features(feats: np.ndarray, cfg: Mapping[str, Any], datasets, *, extra
         "reference_hash": ref_hash, "reference_n": None if ref is None else len(ref),
         "sampler": json.dumps(cfg["sampler"], sort_keys=True),
         "nfe": nfe, "seeds": f"{ev['seed_offset']}..{int(ev['seed_offset']) + len(feats) - 1}",
-        "class_label": ev["class_label"], "world_size": dist.world(),
+        "class_label": ev["class_label"], "world_size": dist.world(), **image_protocol(datasets.get(cfg["data"])),
     })
     return result
 
@@ -285,8 +284,10 @@ def score(samples: torch.Tensor, cfg: Mapping[str, Any], datasets, *, nfe: Optio
     ev = cfg["eval"]
     if not ev["metrics"]:
         return {"metrics": {}, "protocol": {"nfe": nfe, "n_samples": len(samples)}}
+    data = datasets.get(cfg["data"])
+    check_metric_reference(ev, data)
     extractor = build_extractor(cfg, eval_device(cfg))
-    inputs = metric_inputs(samples, datasets.get(cfg["data"]))
+    inputs = metric_inputs(samples, data)
     return score_features(np.asarray(extractor.features(inputs)), cfg, datasets, extractor=extractor, nfe=nfe,
                           images=inputs)
 
@@ -301,6 +302,7 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
 
     ev = cfg["eval"]
     dataset = datasets.get(cfg["data"])
+    check_metric_reference(ev, dataset)  # decoded latents need an ADM reference batch at their resolution
     reset_routing_stats(field)
     device = eval_device(cfg)
     extractor = build_extractor(cfg, device) if ev["metrics"] else None
@@ -340,5 +342,5 @@ def score_npz(path: Path, cfg: Mapping[str, Any], datasets) -> dict[str, Any]:
     arrays = read_adm_npz(Path(path))
     if arrays.get("arr_0") is None:
         raise DataError(f"{path} has no sample batch arr_0", hint="expected an ADM-format sample npz (arr_0: uint8 N x H x W x C)")
-    imgs = torch.from_numpy(np.asarray(arrays["arr_0"])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    imgs = torch.from_numpy(np.asarray(arrays["arr_0"])).permute(0, 3, 1, 2)   # uint8 images, never decoded again
     return score(imgs, cfg, datasets, nfe=None)

@@ -28,14 +28,16 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
     Collective under ``torch.distributed``: every rank trains its share of each unit's batches and
     samples its share of the seeds; rank 0 alone opens the MLflow runs, writes files and logs.
     """
+    from harness.evaluate.images import check_metric_reference
     from harness.evaluate.pipeline import eval_device, evaluate_field
     from harness.track import Tracker, flatten, git_diff, git_info
 
     t0 = time.time()
     main, world = dist.is_main(), dist.world()
     datasets = DatasetCache()
-    datasets.get(cfg["data"])  # a missing dataset fails here, before anything is written
-    dist.check_divides(int(cfg["train"]["batch_size"]), "train.batch_size")   # and a world size that cannot split it
+    check_metric_reference(cfg["eval"], datasets.get(cfg["data"]))  # a missing dataset or reference fails here,
+    dist.check_divides(int(cfg["train"]["batch_size"]), "train.batch_size")   # ... a world size that cannot split the
+    # batch too: before anything is written
     workdir = Path(cfg["paths"]["workdir"])
     exp_hash = content_hash({k: v for k, v in cfg.items() if k not in ("run", "tracking", "launcher")})
     name = cfg["run"]["name"] or f"{cfg['method']['name']}-{cfg['data']['name']}"

@@ -149,14 +149,15 @@ def cmd_ui(args) -> int:
     """``harness ui``: serve the configured store's MLflow UI on 127.0.0.1 until Ctrl-C."""
     from harness.config import load
     from harness.tables.runs import load_runs
-    from harness.tables.ui import serve
+    from harness.tables.ui import is_loopback, serve
 
     cfg = load(list(args.overrides))
-    if load_runs(cfg["tracking"]["uri"], kind=None).empty:  # also: a missing store is one line, before starting
+    # a cluster's tracking server (--host 0.0.0.0) may start on a fresh store; the local UI warns when it is empty
+    if is_loopback(args.host) and load_runs(cfg["tracking"]["uri"], kind=None).empty:
         _warn(f"the store {cfg['tracking']['uri']} has no runs yet: the UI will be empty (harness run ... fills it)")
     log = Path(cfg["paths"]["workdir"]) / "mlflow_ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return serve(cfg["tracking"]["uri"], args.port, log=log, experiment=cfg["run"]["experiment_name"])
+    return serve(cfg["tracking"]["uri"], args.port, host=args.host, log=log, experiment=cfg["run"]["experiment_name"])
 
 
 def add_commands(sub: Any, add: Callable[..., Any]) -> None:
@@ -171,4 +172,6 @@ def add_commands(sub: Any, add: Callable[..., Any]) -> None:
     sp.add_argument("--plots", default=None, metavar="DIR", help="write quality-vs-N / boundaries / GFLOPs PNGs here")
     sp.add_argument("--no-artifacts", action="store_true", help="do not list the runs' PNG artifacts")
     sp = add("ui", cmd_ui, "the MLflow UI on 127.0.0.1 over the project's store (Ctrl-C stops it)")
-    sp.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    sp.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="interface to bind (default 127.0.0.1); 0.0.0.0: the tracking server of a cluster's jobs (README)")
