@@ -229,7 +229,7 @@ def cmd_standin(args) -> int:
 # Modules that contribute sub-commands (sweep, table, ui, ...): each defines
 # ``add_commands(sub, add)`` where ``add(name, fn, help_, overrides=True)`` is the helper below.
 # Kept out of this file so each feature's command lives beside the feature.
-COMMAND_MODULES = ("harness.sweep.commands", "harness.tables.commands")
+COMMAND_MODULES = ("harness.sweep.commands", "harness.tables.commands", "harness.data.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

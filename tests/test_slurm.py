@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.sweep import state
 from harness.sweep.load import load_sweep
@@ -157,3 +158,52 @@ def test_real_slurm_sweep_cancel_and_preemption_requeue(slurm_cluster, workdir, 
     assert json.loads((unit_dir / "mlflow_run.json").read_text())["run_id"] == run_before   # same MLflow run
     unit_run = client().get_run(run_before)
     assert unit_run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_real_slurm_two_task_job_trains_what_one_process_trains_and_resumes_after_requeue(slurm_cluster, workdir,
+                                                                                        tmp_path, monkeypatch):
+    """A cell as one 2-task SLURM job (2 fake GPUs; gloo on the CPU): the tasks join one process group from
+    SLURM's environment, rank 0 records; preempted by SIGUSR2, it checkpoints at the next step, requeues
+    into the same MLflow run and resumes at that step."""
+    from harness.pipeline.assemble import method_for
+    from harness.train import train_unit
+    from harness.train.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["conf"])
+    conf = slurm_cluster["conf"]
+    two_task = ["launcher=slurm", "launcher.profile=" + str(REPO / "slurm" / "local_test_2task.yaml")]
+
+    # 1. the weights of a 2-task job are the weights of one process (DDP over the two halves of each batch)
+    path = sweep_file(tmp_path / "t.yaml", two_task, grid="grid: {train.seed: [3]}\n")
+    out = run_sweep(path, launcher="slurm", echo=lambda *a: None)
+    assert [r["state"] for r in out["summary"]["rows"]] == ["finished"]
+    sweep = load_sweep(path)
+    cfg = sweep.cells[0].cfg
+    spec = method_for(cfg, prepare=False).units()["model"]
+    done = json.loads((spec.directory(workdir) / "done.json").read_text())
+    assert done["world_size"] == 2
+    ref = train_unit(spec, workdir=tmp_path / "ref", progress=False)
+    a = load_checkpoint(spec.directory(workdir) / done["checkpoint"])["model"]
+    b = load_checkpoint(spec.directory(tmp_path / "ref") / ref["checkpoint"])["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+
+    # 2. preemption of a 2-task job: SIGUSR2 -> checkpoint at the next step -> requeue -> resume there
+    path2 = sweep_file(tmp_path / "p2.yaml", [*two_task, "train.steps=3000", "train.checkpoint_every=100000"],
+                       grid="grid: {train.seed: [4]}\n")
+    run_sweep(path2, launcher="slurm", detach=True, echo=lambda *a: None)
+    sweep2 = load_sweep(path2)
+    unit_job = json.loads((sweep2.dir / "jobs.json").read_text())["units"][0]
+    unit_dir = method_for(sweep2.cells[0].cfg, prepare=False).units()["model"].directory(workdir)
+    _wait(lambda: (unit_dir / "mlflow_run.json").exists(), 300, "the 2-task unit job to start training")
+    time.sleep(5)
+    run_before = json.loads((unit_dir / "mlflow_run.json").read_text())["run_id"]
+    subprocess.run(["scancel", "--signal=USR2", unit_job], check=True, env=dict(os.environ, SLURM_CONF=conf))
+    result = state.cell_dir(sweep2.dir, sweep2.cells[0].id) / "result.json"
+    _wait(result.exists, 600, "the preempted 2-task sweep to finish after requeue")
+    done2 = json.loads((unit_dir / "done.json").read_text())
+    assert 0 < done2["resumed_from"] < 3000 and done2["world_size"] == 2   # resumed at the signal's checkpoint
+    log = "\n".join(p.read_text(errors="replace") for p in (sweep2.dir / "submitit").glob(f"{unit_job}*/*log.out"))
+    assert "requeue" in log.lower(), log[-2000:]
+    assert json.loads((unit_dir / "mlflow_run.json").read_text())["run_id"] == run_before

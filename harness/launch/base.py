@@ -96,7 +96,7 @@ def collect(out: Outcome, jobs: list[Any]) -> Outcome:
     """Wait for submitit jobs; a crashed one is recorded as a one-line error, not raised."""
     for j in jobs:
         try:
-            j.result()
+            j.results()   # every task of a multi-task job
         except Exception as err:  # noqa: BLE001 - recorded, the caller reports it
             out.errors.append((None, error_line(err).splitlines()[0]))
     return out

@@ -19,7 +19,8 @@ from harness.core.registry import register, suggest
 from harness.launch.base import Launcher, Outcome, Stage, TaskFn, collect, describe_dag, error_line
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
-PROFILE_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": (int, float),
+PROFILE_KEYS = {"partition": str, "time_min": int, "nodes": int, "gpus_per_node": int, "tasks_per_node": int,
+                "cpus_per_task": int, "mem_gb": (int, float),
                 "account": str, "qos": str, "constraint": str, "setup": list, "max_num_timeout": int,
                 "signal_delay_s": int, "additional": dict}
 
@@ -29,7 +30,12 @@ def profiles() -> list[str]:
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """A SLURM profile by name (``slurm/NAME.yaml``) or path; unknown names and keys are ConfigErrors."""
+    """A SLURM profile by name (``slurm/NAME.yaml``) or path; unknown names and keys are ConfigErrors.
+
+    ``nodes`` x ``tasks_per_node`` processes run one cell as one job (torch.distributed over SLURM's
+    environment; DESIGN.md "Distributed execution"); ``tasks_per_node`` defaults to ``gpus_per_node``
+    (one process per GPU) and to 1 without GPUs.
+    """
     import yaml
 
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
@@ -43,7 +49,46 @@ def load_profile(name: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: {key}: unknown profile key.{suggest(key, PROFILE_KEYS)} Known: {', '.join(PROFILE_KEYS)}")
         if value is not None and not isinstance(value, PROFILE_KEYS[key]):
             raise ConfigError(f"{path}: {key}: expected {PROFILE_KEYS[key]}, got {value!r}")
-    return {k: v for k, v in raw.items() if v is not None}
+    profile = {k: v for k, v in raw.items() if v is not None}
+    for key in ("nodes", "tasks_per_node", "gpus_per_node"):
+        if key in profile and profile[key] < (0 if key == "gpus_per_node" else 1):
+            raise ConfigError(f"{path}: {key} must be >= {0 if key == 'gpus_per_node' else 1}, got {profile[key]}")
+    gpus = int(profile.get("gpus_per_node", 0))
+    tasks = int(profile.setdefault("tasks_per_node", max(1, gpus)))
+    if gpus and tasks > gpus:
+        raise ConfigError(f"{path}: tasks_per_node={tasks} exceeds gpus_per_node={gpus}",
+                          hint="one process per GPU: set tasks_per_node to at most gpus_per_node")
+    profile["_path"] = str(path)
+    return profile
+
+
+def node_gpus(partition: Optional[str] = None) -> Optional[int]:
+    """The most GPUs any node (of ``partition``) has, from ``sinfo``'s GRES column; None where sinfo is absent."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return None
+    cmd = ["sinfo", "-h", "-o", "%G"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    counts = [int(m) for m in re.findall(r"gpu(?::[\w-]+)?:(\d+)", out.stdout)]
+    return max(counts, default=0)
+
+
+def check_fits_nodes(profile: dict[str, Any]) -> None:
+    """A profile asking for more GPUs per node than the cluster's nodes have is an error before submitting."""
+    want = int(profile.get("gpus_per_node", 0))
+    have = node_gpus(profile.get("partition")) if want else None
+    if have is not None and want > have:
+        where = f"partition {profile['partition']}" if profile.get("partition") else "this cluster"
+        raise ConfigError(f"{profile['_path']}: gpus_per_node={want} but the nodes of {where} have at most {have} GPUs "
+                          "(sinfo)", hint=f"set gpus_per_node <= {have}, and nodes > 1 for more GPUs per job")
 
 
 def sbatch_parameters(profile: dict[str, Any], *, job_name: str, dependency: Optional[str],
@@ -52,7 +97,8 @@ def sbatch_parameters(profile: dict[str, Any], *, job_name: str, dependency: Opt
     p: dict[str, Any] = {"job_name": job_name, "time": int(profile.get("time_min", 60)),
                          "array_parallelism": int(array_parallelism), "stderr_to_stdout": True,
                          "signal_delay_s": int(profile.get("signal_delay_s", 90))}
-    for ours, theirs in (("partition", "partition"), ("gpus_per_node", "gpus_per_node"), ("cpus_per_task", "cpus_per_task"),
+    for ours, theirs in (("partition", "partition"), ("nodes", "nodes"), ("gpus_per_node", "gpus_per_node"),
+                         ("tasks_per_node", "ntasks_per_node"), ("cpus_per_task", "cpus_per_task"),
                          ("account", "account"), ("qos", "qos"), ("constraint", "constraint"), ("setup", "setup")):
         if ours in profile:
             p[theirs] = profile[ours]
@@ -82,6 +128,10 @@ class SlurmLauncher(Launcher):
         self.profile = load_profile(self.profile_name)   # a missing profile fails before anything is submitted
         self.poll_s = poll_s
 
+    def check_nodes(self) -> None:
+        """Before submitting (not in dry runs, which may run off-cluster): the job fits the cluster's nodes."""
+        check_fits_nodes(self.profile)
+
     @classmethod
     def check_config(cls, node: Any) -> None:
         load_profile(node.profile or DEFAULT_PROFILE)
@@ -109,6 +159,7 @@ class SlurmLauncher(Launcher):
     def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
         import submitit
 
+        self.check_nodes()
         out = Outcome(detached=detach)
         prev_id: Optional[str] = None
         submitted: list[tuple[Any, Any]] = []
@@ -138,13 +189,14 @@ class SlurmLauncher(Launcher):
                     continue
                 err = job.exception()
                 (out.errors.append((task, error_line(err).splitlines()[0])) if err is not None
-                 else out.results.append((task, job.result())))
+                 else out.results.append((task, job.results()[0])))  # task 0 of a multi-task job
             pending = still
         return out
 
     def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
         import submitit
 
+        self.check_nodes()
         ex = submitit.SlurmExecutor(folder=str(folder / "submitit" / "%j"))
         ex.update_parameters(**sbatch_parameters(self.profile, job_name=job_name, dependency=None,
                                                  array_parallelism=workers))

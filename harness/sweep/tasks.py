@@ -9,6 +9,7 @@ needs no state of its own (STYLE practice 6, as hydra's submitit launcher's ``ch
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,6 +19,7 @@ except ImportError:  # pragma: no cover
     Checkpointable = object  # type: ignore[misc,assignment]
 
 from harness.config import load
+from harness.core import dist
 from harness.pipeline.assemble import experiment_units, method_for
 from harness.pipeline.experiment import run_experiment
 from harness.pipeline.training import train_units
@@ -35,9 +37,10 @@ def _cell_config(sweep_dir: Path, cell_id: str) -> dict[str, Any]:
 
 
 def _tracker(cfg):
+    """The MLflow tracker on rank 0; None on the other ranks of a multi-task job (they never log)."""
     from harness.track import Tracker
 
-    return Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
+    return Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"]) if dist.is_main() else None
 
 
 def prepare_cell(sweep_dir: Path, cell_id: str, sweep_run_id: Optional[str] = None) -> dict[str, Any]:
@@ -57,7 +60,8 @@ def train_cell_units(sweep_dir: Path, cell_id: str, roles: Optional[Sequence[str
     counts = train_units(chosen, cfg, tracker=tracker, parent_id=sweep_run_id)
     trained = [chosen[r].hash for r in counts["trained"]]
     reused = [chosen[r].hash for r in counts["reused"]]
-    state.record_units(sweep_dir, cell_id, trained, reused)
+    if dist.is_main():
+        state.record_units(sweep_dir, cell_id, trained, reused)
     return {"trained": trained, "reused": reused}
 
 
@@ -70,11 +74,12 @@ def evaluate_cell(sweep_dir: Path, cell_id: str, sweep_run_id: Optional[str] = N
     missing = {spec.hash for spec in units.values() if done_record(spec.directory(workdir)) is None}
     res = run_experiment(cfg, parent_id=sweep_run_id, tags={"harness.sweep": sweep_name, "harness.cell_id": cell_id, **(tags or {})})
     trained = sorted(missing)
-    state.record_units(sweep_dir, cell_id, trained, [s.hash for s in units.values() if s.hash not in missing])
     record = {"cell_id": cell_id, "run_id": res["run_id"], "metrics": res.get("metrics", {}),
               "protocol": res.get("protocol", {}), "units": {r: s.hash for r, s in units.items()},
               "units_trained": res["units_trained"], "units_reused": res["units_reused"], "seconds": res["seconds"]}
-    state.record_result(sweep_dir, cell_id, record)
+    if dist.is_main():
+        state.record_units(sweep_dir, cell_id, trained, [s.hash for s in units.values() if s.hash not in missing])
+        state.record_result(sweep_dir, cell_id, record)
     return record
 
 
@@ -83,16 +88,20 @@ class SweepTask(Checkpointable):
 
     The cell's lock is held while the task runs, so ``harness status`` sees it as running and a
     second driver does not evaluate the same cell twice; a failure is written to ``failed.json``
-    (one line) and re-raised so the launcher and SLURM see the job fail.
+    (one line) and re-raised so the launcher and SLURM see the job fail.  In a multi-task SLURM job
+    (``tasks_per_node`` > 1, several nodes) every task calls this: they join one process group from
+    SLURM's environment, train and sample together, and rank 0 alone holds the lock and writes records.
     """
 
     def __call__(self, stage: str, sweep_dir: str, cell_id: str, roles: Optional[list[str]] = None,
                  sweep_run_id: Optional[str] = None, sweep_name: str = "",
                  tags: Optional[dict[str, str]] = None) -> dict[str, Any]:
+        dist.init_from_env()
         sweep_dir_p = Path(sweep_dir)
+        main = dist.is_main()
         lock = state.task_lock(sweep_dir_p, cell_id, stage, roles)
-        with state.locked(lock):
-            if stage == "evaluate" and state.result(sweep_dir_p, cell_id) is not None:
+        with state.locked(lock) if main else contextlib.nullcontext():
+            if stage == "evaluate" and dist.broadcast(state.result(sweep_dir_p, cell_id) is not None):
                 return state.result(sweep_dir_p, cell_id) or {}
             try:
                 if stage == "prepare":
@@ -103,5 +112,6 @@ class SweepTask(Checkpointable):
                     return evaluate_cell(sweep_dir_p, cell_id, sweep_run_id, sweep_name, tags)
                 raise ValueError(f"unknown sweep stage {stage!r}; expected one of {', '.join(STAGES)}")
             except Exception as err:
-                state.record_failure(sweep_dir_p, cell_id, stage, err)
+                if main:
+                    state.record_failure(sweep_dir_p, cell_id, stage, err)
                 raise

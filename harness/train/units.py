@@ -19,6 +19,7 @@ from harness.core.versions import CONFIG_VERSION, HASH_VERSION
 # logging and checkpoint cadence, the device, gradient-accumulation rounds, torch.compile, DataLoader workers
 NON_WEIGHT_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every", "device", "batch_gpu", "compile", "workers")
 NON_WEIGHT_BACKBONE_KEYS = ("checkpointing",)   # activation checkpointing recomputes the same forward
+NON_WEIGHT_DATA_KEYS = ("vae",)   # the decoder of latent shards: checked against the shards, never read by training
 
 
 @dataclasses.dataclass
@@ -35,7 +36,8 @@ class UnitSpec:
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in NON_WEIGHT_TRAIN_KEYS}
         backbone = {k: v for k, v in self.backbone.items() if k not in NON_WEIGHT_BACKBONE_KEYS}
-        return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": self.data,
+        data = {k: v for k, v in self.data.items() if k not in NON_WEIGHT_DATA_KEYS}
+        return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": data,
                 "backbone": backbone, "objective": self.objective, "train": train,
                 "interval": [float(self.interval[0]), float(self.interval[1])]}
 
