@@ -207,7 +207,8 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, *, device: Op
     by the real mean first so ||a||^2 + ||b||^2 - 2 a.b does not cancel on features with a large
     common offset (Inception's are non-negative); memory beyond two float32 copies of the features
     is O(batch^2).  Results equal the dense float64 computation unless a distance lies within float32
-    rounding of a radius (``tests/test_metrics_scale.py`` checks equal counts against it).
+    rounding of a radius (``tests/test_metrics_scale.py`` checks equal counts against it); on CUDA this
+    assumes full float32 matmuls (the harness never sets ``torch.backends.cuda.matmul.allow_tf32``).
     """
     dev = _device(device, real, fake)
     r, f = _tensor(real, dev, torch.float32, copy=True), _tensor(fake, dev, torch.float32, copy=True)
