@@ -83,7 +83,8 @@ class StreamingStats:
         if other._shift is None:
             return self
         if self._shift is None:
-            self._shift, self._sum, self._outer = (t.to(self.device).clone() for t in (other._shift, other._sum, other._outer))
+            state = (other._shift, other._sum, other._outer)
+            self._shift, self._sum, self._outer = (t.to(self.device).clone() for t in state)
             self.n = other.n
             return self
         d = other._shift.to(self.device) - self._shift
