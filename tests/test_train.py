@@ -64,7 +64,7 @@ def _train_cmd(workdir, steps, *extra, every=100):
 
 
 def _final(workdir):
-    unit = next((Path(workdir) / "units").iterdir())
+    unit = next(p for p in (Path(workdir) / "units").iterdir() if p.is_dir())
     done = json.loads((unit / "done.json").read_text())
     return load_checkpoint(unit / done["checkpoint"])
 
@@ -86,7 +86,7 @@ def _first_checkpoint_then(proc, workdir, sig):
         time.sleep(0.05)
     proc.send_signal(sig)
     proc.wait(timeout=120)
-    return next((Path(workdir) / "units").iterdir())
+    return next(p for p in (Path(workdir) / "units").iterdir() if p.is_dir())   # not the .lock file beside it
 
 
 @pytest.mark.parametrize("steps,extra,every", [(3000, (), 100), (400, RANDOM_FORWARD, 20)],

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.errors import DataError
-from harness.evaluate.feature_extractors import _to_float3, file_sha256
+from harness.evaluate.feature_extractors import _to_float3, batched_features, file_sha256
 from harness.core.registry import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @register("extractor", "dinov2")
 class DINOv2:
-    """[CLS] features of a user-supplied DINOv2 TorchScript file (no download, no stand-in)."""
+    """[CLS] features of a user-supplied DINOv2 TorchScript file (no download, no stand-in), run on ``device``."""
 
     name = "dinov2"
     metric_prefix = "fd_dinov2"
@@ -43,16 +43,17 @@ class DINOv2:
         self.weights_source, self.weights_sha256 = str(weights), file_sha256(weights)
         self.resolution, self.batch_size, self.device = int(resolution), int(batch_size), device
 
-    @torch.no_grad()
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images on the device -> (B, F): bicubic to ``resolution``, ImageNet-normalised, [CLS]."""
+        x = _to_float3(images) / 255.0
+        x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return self.net((x - mean) / std)
+
     def features(self, images: torch.Tensor) -> np.ndarray:
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            x = _to_float3(images[i:i + self.batch_size]) / 255.0
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", align_corners=False)
-            out.append(self.net(((x - mean) / std).to(self.device)).reshape(len(x), -1).double().cpu())
-        return torch.cat(out).numpy()
+        """(N, F) float64 [CLS] features, ``batch_size`` images at a time resized and embedded on ``device``."""
+        return batched_features(self._embed, images, self.batch_size, self.device)
 
     def logits(self, images: torch.Tensor) -> None:
         return None

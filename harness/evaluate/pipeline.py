@@ -12,6 +12,7 @@ number is never separated from how it was obtained (STYLE practice 8).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -243,10 +244,13 @@ def reference_from_npz(path: Path, extractor):
 
 
 def build_extractor(cfg: Mapping[str, Any], device: Optional[torch.device] = None):
-    """The configured feature extractor, running on ``device`` (default: the CPU)."""
+    """The configured feature extractor, running on ``device`` (unless ``eval.extractor_kwargs.device`` says)."""
     ev = cfg["eval"]
-    extractor = get("extractor", ev["extractor"])(**dict(ev["extractor_kwargs"] or {}))
-    return extractor.to(device) if device is not None and hasattr(extractor, "to") else extractor
+    cls = get("extractor", ev["extractor"])
+    kwargs = dict(ev["extractor_kwargs"] or {})
+    if device is not None and "device" in inspect.signature(cls).parameters:
+        kwargs.setdefault("device", str(device))
+    return cls(**kwargs)
 
 
 def needs_images(cfg: Mapping[str, Any]) -> bool:

@@ -21,26 +21,30 @@ def n_label(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def score_samples(samples: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
-    """:func:`score_features` of ``samples``' features (the samples themselves for LPIPS / IS)."""
-    return score_features(samples_features(samples, kwargs["extractor"]), images=samples, **kwargs)
-
-
-def samples_features(samples: torch.Tensor, extractor) -> np.ndarray:
-    return extractor.features(samples)
+def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], reference_features: Optional[np.ndarray],
+                  extractor, metrics: Sequence[str] = ("fd", "kid", "pr"), seed: int = 0,
+                  fd_backend: str = "harness", lpips_backbone: Optional[str] = None,
+                  pairs: int = 2000) -> dict[str, Any]:
+    """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors): their features, scored."""
+    return score_features(extractor.features(samples), images=samples, reference=reference,
+                          reference_features=reference_features, extractor=extractor, metrics=metrics, seed=seed,
+                          fd_backend=fd_backend, lpips_backbone=lpips_backbone, pairs=pairs)
 
 
 def score_features(feats: np.ndarray, *, images: Optional[torch.Tensor] = None, reference: Optional[FeatureStats],
                    reference_features: Optional[np.ndarray], extractor, metrics: Sequence[str] = ("fd", "kid", "pr"),
                    seed: int = 0, fd_backend: str = "harness", lpips_backbone: Optional[str] = None,
-                   pairs: int = 2000) -> dict[str, Any]:
-    """{'metrics': {...}, 'protocol': {...}} of ``samples`` (uint8 images or raw vectors).
+                   pairs: int = 2000, device: Optional[str] = None) -> dict[str, Any]:
+    """{'metrics': {...}, 'protocol': {...}} of features ``extractor`` already extracted (N, F), e.g. batch by batch.
 
+    ``images`` (the samples the features came from) are needed only by ``is`` (the extractor's
+    classifier logits) and ``lpips``.  KID and precision/recall run on ``device``, by default the
+    extractor's (CPU for extractors without one).
     Diversity (seed 003, Tab. 3): ``lpips`` is the mean pairwise LPIPS-Alex (``lpips_div_<n>``) and
     needs ``lpips_backbone``; ``div`` is the mean pairwise cosine distance of the extractor's
     features (``div_<family>_<n>``), a stand-in that is never called LPIPS.
     """
-    samples = images
+    device = device if device is not None else getattr(extractor, "device", None)
     ref_stats = reference if reference is not None else FeatureStats.from_features(reference_features)
     n = n_label(len(feats))
     family = extractor.metric_prefix.split("_", 1)[1] if "_" in extractor.metric_prefix else extractor.metric_prefix
@@ -52,17 +56,14 @@ def score_features(feats: np.ndarray, *, images: Optional[torch.Tensor] = None, 
         raise DataError("KID and precision/recall need reference features, not only mu/sigma",
                         hint="use a reference with images (arr_0) or set eval.metrics=[fd]")
     if "kid" in metrics:
-        m, sd = kernel_inception_distance(feats, reference_features, subset_size=min(1000, len(feats), len(reference_features)), seed=seed)
+        m, sd = kernel_inception_distance(feats, reference_features, subset_size=min(1000, len(feats), len(reference_features)),
+                                          seed=seed, device=device)
         out[f"kid_{family}_{n}"], out[f"kid_std_{family}_{n}"] = m, sd
     if "pr" in metrics:
-        p, r = precision_recall(reference_features, feats)
+        p, r = precision_recall(reference_features, feats, device=device)
         out[f"precision_{family}_{n}"], out[f"recall_{family}_{n}"] = p, r
     if "is" in metrics:
-        logits = extractor.logits(samples)
-        if logits is None:
-            raise DataError(f"extractor {extractor.name} has no classifier logits, so no Inception Score",
-                            hint="drop 'is' from eval.metrics or use an extractor with logits")
-        out[f"is_{family}_{n}"] = inception_score(logits)[0]
+        out[f"is_{family}_{n}"] = inception_score(_logits(extractor, images))[0]
     extra: dict[str, Any] = {}
     if "div" in metrics:
         from harness.evaluate.diversity import pairwise_diversity
@@ -71,15 +72,29 @@ def score_features(feats: np.ndarray, *, images: Optional[torch.Tensor] = None, 
     if "lpips" in metrics:
         from harness.evaluate.lpips_diversity import mean_pairwise_lpips
 
-        if samples.dim() != 4:
+        if images is None:
+            raise DataError("LPIPS needs the images, not only their features", hint="pass images= to score_features")
+        if images.dim() != 4:
             raise DataError("LPIPS needs images, not vectors", hint="drop lpips from eval.metrics for vector data")
-        lp = mean_pairwise_lpips(samples, lpips_backbone, pairs=pairs, seed=seed)
+        lp = mean_pairwise_lpips(images, lpips_backbone, pairs=pairs, seed=seed)
         out[f"lpips_div_{n}"] = lp["mean"]
         extra = lp["protocol"]
     protocol = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
                 "weights_source": extractor.weights_source, "ref_stats_sha256": ref_stats.sha256(),
                 "n_samples": len(feats), "fd_backend": fd_backend, **extra}
     return {"metrics": out, "protocol": protocol}
+
+
+def _logits(extractor, images: Optional[torch.Tensor]) -> np.ndarray:
+    """The extractor's classifier logits of ``images``, for the Inception Score."""
+    if images is None:
+        raise DataError("the Inception Score needs the images (for the classifier's logits), not only their features",
+                        hint="pass images= to score_features, or drop 'is' from eval.metrics")
+    logits = extractor.logits(images)
+    if logits is None:
+        raise DataError(f"extractor {extractor.name} has no classifier logits, so no Inception Score",
+                        hint="drop 'is' from eval.metrics or use an extractor with logits")
+    return logits
 
 
 def _load_side(spec: str, extractor) -> tuple[Optional[FeatureStats], Optional[np.ndarray], str]:
