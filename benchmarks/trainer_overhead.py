@@ -11,7 +11,6 @@ Two bare loops are timed: minimal (AdamW + loss) and with the same EMA + clippin
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -36,18 +35,19 @@ def harness_time(cfg, steps: int, workdir: Path, track: bool) -> float:
 
 
 def bare_time(cfg, steps: int, with_ema_clip: bool) -> float:
-    from harness.data.base import build_dataset
     from harness.backbones.build import build_backbone
+    from harness.data.base import build_dataset
+    from harness.train.ema import PowerEMA
 
     data = build_dataset(cfg["data"])
     tc = cfg["train"]
     t0 = time.perf_counter()
     torch.manual_seed(0)
     model = build_backbone(cfg["backbone"], tuple(data.shape), data.num_classes)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    params, ema_params = list(model.parameters()), list(ema.parameters())
+    ema = PowerEMA(model, tc["ema_std"])   # the harness default: EDM2's power-function profiles
+    params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=tc["lr"])
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = torch.randint(len(data), (tc["batch_size"],))
         x1, y = data.get_batch(idx)
         x0 = torch.randn_like(x1)
@@ -60,8 +60,7 @@ def bare_time(cfg, steps: int, with_ema_clip: bool) -> float:
             torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
         opt.step()
         if with_ema_clip:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema_params, params, 1 - tc["ema_decay"])
+            ema.update(step)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tempfile.mktemp())
     return time.perf_counter() - t0
 

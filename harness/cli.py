@@ -39,6 +39,9 @@ def _print_summary(rows: list[dict[str, Any]], title: str) -> None:
     table.add_row("MLflow run", *[r["run_id"] for r in rows])
     table.add_row("seconds", *[str(r["seconds"]) for r in rows])
     _console().print(table)
+    for r in rows:
+        if r.get("sample_grid"):
+            _console().print(f"sample grid ({r['name']}): {r['sample_grid']}", soft_wrap=True, highlight=False)
 
 
 def _join() -> bool:

@@ -70,10 +70,14 @@ def _final(workdir):
 
 
 def _assert_equal_state(a, b):
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    states = lambda c: {"model": c["model"], **({"ema": c["ema"]} if "ema" in c else {}),  # noqa: E731
+                        **{f"ema {k}": v for k, v in c.get("ema_profiles", {}).items()}}
+    sa_, sb_ = states(a), states(b)
+    assert sa_.keys() == sb_.keys() and len(sa_) > 1   # the model and its EMA(s)
+    for key in sa_:
+        assert sa_[key].keys() == sb_[key].keys()
+        for name in sa_[key]:
+            assert torch.equal(sa_[key][name], sb_[key][name]), f"{key}.{name} differs"
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     for pid in sa:
         for k in sa[pid]:
@@ -89,7 +93,7 @@ def _first_checkpoint_then(proc, workdir, sig):
     return next(p for p in (Path(workdir) / "units").iterdir() if p.is_dir())   # not the .lock file beside it
 
 
-@pytest.mark.parametrize("steps,extra,every", [(3000, (), 100), (400, RANDOM_FORWARD, 20)],
+@pytest.mark.parametrize("steps,extra,every", [(1500, (), 100), (400, RANDOM_FORWARD, 20)],
                          ids=["mlp", "dit-dropout-routing"])
 def test_sigkill_then_rerun_gives_bit_identical_weights(tmp_path, steps, extra, every):
     """Also for a forward that draws random numbers (dropout, token routing): they come from (seed, step, rank)."""
@@ -108,7 +112,7 @@ def test_sigkill_then_rerun_gives_bit_identical_weights(tmp_path, steps, extra, 
 
 def test_sigterm_writes_a_checkpoint_at_the_next_step_and_the_rerun_finishes_identically(tmp_path):
     """A stop signal (SLURM's SIGUSR2 before a timeout, SIGTERM) is a checkpoint, not lost steps."""
-    steps = 3000
+    steps = 1600
     cmd, env = _train_cmd(tmp_path / "ref", steps, every=1000)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     cmd, env = _train_cmd(tmp_path / "stopped", steps, every=1000)
@@ -184,3 +188,34 @@ def test_finished_unit_is_reused_and_hash_ignores_logging(tmp_path):
     assert same.hash == units["m"].hash
     assert unit_from_config(cfg, label="m", lr=1e-2).hash != units["m"].hash
     assert unit_from_config(cfg, label="m", interval=(0.0, 0.5)).hash != units["m"].hash
+
+
+def test_power_ema_profiles_snapshots_and_a_post_hoc_profile_between_them(tmp_path):
+    """EDM2 EMA: both tracked profiles are in the checkpoint, 8 snapshots of each, and eval.ema_std=0.07
+    (never tracked) is reconstructed from them: neither profile, but between them."""
+    from harness.train import load_unit_field_parts
+
+    cfg = cfg_for(tmp_path, "train.steps=160", "train.checkpoint_every=80")
+    spec = unit_from_config(cfg, label="ema")
+    torch.set_num_threads(1)
+    train_unit(spec, workdir=tmp_path, progress=False)
+    assert len(list(spec.directory(tmp_path).glob("ema/snapshot_*.pt"))) == 8
+    ck = _final(tmp_path)
+    assert set(ck["ema_profiles"]) == {"0.05", "0.1"}
+    load = lambda std: dict(load_unit_field_parts(spec, tmp_path, ema_std=std)[0].state_dict())  # noqa: E731
+    short, long, mid, default = load(0.05), load(0.1), load(0.07), load(None)
+    assert all(torch.equal(default[n], ck["ema_profiles"]["0.1"][n]) for n in default)      # the last profile
+    assert all(torch.equal(short[n], ck["ema_profiles"]["0.05"][n]) for n in short)
+    dist = lambda a, b: sum(float((a[n] - b[n]).pow(2).sum()) for n in a) ** 0.5  # noqa: E731
+    ends = dist(short, long)
+    assert ends > 0 and dist(mid, short) < ends and dist(mid, long) < ends and dist(mid, short) > 0.05 * ends
+
+
+def test_a_fixed_decay_and_power_profiles_together_are_one_line():
+    from harness.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.ema_decay=0.999 and train.ema_std=\[0.05, 0.1\]: choose one EMA"):
+        load(["train.ema_decay=0.999"])
+    with pytest.raises(ConfigError, match=r"eval.ema_std: every sigma_rel must lie in \(0, 0.2886\)"):
+        load(["eval.ema_std=0.5"])
+    assert load(["train.ema_decay=0.9999", "train.ema_std=null"])["train"]["ema_std"] is None

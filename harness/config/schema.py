@@ -98,7 +98,9 @@ class TrainConfig:
     betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: Optional[float] = None   # fixed-decay EMA (DiT/SiT's 0.9999); null or 0: off (use ema_std)
+    ema_std: Optional[list[float]] = None  # EDM2 power-function EMA profiles (sigma_rel), e.g. [0.05, 0.10]
+    ema_snapshots: int = 8              # snapshots of every profile over training, for post-hoc EMA (eval.ema_std)
     seed: int = 0
     label_dropout: float = 0.1
     checkpoint_every: int = 100
@@ -119,8 +121,14 @@ class TrainConfig:
             raise ConfigError(f"{p}.workers must be >= 0, got {self.workers}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError(f"{p}.warmup_steps, grad_clip and weight_decay must be >= 0")
-        if not 0.0 <= self.ema_decay < 1.0:
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"{p}.ema_decay must be in [0, 1), got {self.ema_decay}")
+        check_ema_stds(f"{p}.ema_std", self.ema_std or [])
+        if self.ema_std and self.ema_decay:
+            raise ConfigError(f"{p}.ema_decay={self.ema_decay} and {p}.ema_std={self.ema_std}: choose one EMA",
+                              hint=f"set {p}.ema_std=null for a fixed decay (the papers' 0.9999), or {p}.ema_decay=null")
+        if self.ema_snapshots < 1:
+            raise ConfigError(f"{p}.ema_snapshots must be >= 1, got {self.ema_snapshots}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"{p}.label_dropout must be in [0, 1), got {self.label_dropout}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -128,6 +136,14 @@ class TrainConfig:
         if self.amp not in ("auto", "on", "off"):
             raise ConfigError(f"{p}.amp must be auto, on or off, got {self.amp!r}")
         check_device(p, self.device)
+
+
+def check_ema_stds(key: str, stds: Sequence[float]) -> None:
+    """EDM2's sigma_rel lies in (0, 0.2887): 0.2887 = sqrt(1/12) is the flat average (exponent 0)."""
+    bad = [s for s in stds if not 0.0 < float(s) < 0.2886]
+    if bad:
+        raise ConfigError(f"{key}: every sigma_rel must lie in (0, 0.2886), got {bad[0]}",
+                          hint="EDM2 uses 0.05 and 0.10 (relative EMA lengths); 0.2887 would average all of training")
 
 
 def check_device(p: str, device: str) -> None:
@@ -151,9 +167,12 @@ class EvalConfig:
     lpips_backbone: Optional[str] = None  # torchvision AlexNet weights file; needed by metrics: [lpips] (seed 003)
     lpips_pairs: int = 2000             # random sample pairs of the mean pairwise LPIPS / div
     device: str = "auto"                # sampling and feature extraction: auto = this process's GPU, else CPU
+    ema_std: Optional[float] = None     # sampled EMA (sigma_rel); null = the last train.ema_std profile; others post hoc
 
     def check(self, p: str) -> None:
         positive(p, n_samples=self.n_samples, batch_size=self.batch_size)
+        if self.ema_std is not None:
+            check_ema_stds(f"{p}.ema_std", [self.ema_std])
         check_device(p, self.device)
         if self.fd_backend not in ("harness", "torch-fidelity", "clean-fid"):
             raise ConfigError(f"{p}.fd_backend must be harness, torch-fidelity or clean-fid, got {self.fd_backend!r}")

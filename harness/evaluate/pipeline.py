@@ -67,7 +67,6 @@ class Sampled:
     grid: Optional[torch.Tensor]
     labels: Optional[torch.Tensor]
     local: Optional[torch.Tensor]
-    images: Optional[torch.Tensor] = None   # all metric inputs in seed order (gather_inputs)
 
 
 def seeds_of(cfg: Mapping[str, Any], n: Optional[int] = None) -> list[int]:
@@ -122,39 +121,6 @@ def _gather_cat(parts: list[torch.Tensor], total: int) -> Optional[torch.Tensor]
 def gather_inputs(s: Sampled) -> torch.Tensor:
     """Every metric input in seed order (needs ``keep_local``): for metrics that need the images themselves."""
     return _gather_cat([s.local], s.n)
-
-
-def generate_samples(field, cfg: Mapping[str, Any], datasets, n: Optional[int] = None):
-    """(samples (N, ...) float in seed order, labels (N,) | None, NFE per sample), gathered on every rank.
-
-    For small sets (tests, splits, minis); full-scale sets go through :func:`sample_pass` and
-    :func:`save_samples_npz` without holding every sample.
-    """
-    data = datasets.get(cfg["data"])
-    ev = cfg["eval"]
-    seeds = seeds_of(cfg, n)
-    xs, ys, nfe = [], [], 0
-    for x, y, nfe in generate(field, build_sampler(cfg), seeds=dist.shard(seeds), shape=data.shape,
-                              num_classes=data.num_classes, batch_size=int(ev["batch_size"]),
-                              class_label=ev["class_label"], device=eval_device(cfg)):
-        xs.append(x)
-        if y is not None:
-            ys.append(y)
-    samples = _gather_cat(xs, len(seeds))
-    labels = _gather_cat(ys, len(seeds)) if data.num_classes > 0 else None
-    return samples, labels, dist.broadcast(nfe)
-
-
-def save_samples_npz(path: Path, samples: torch.Tensor, labels: Optional[torch.Tensor], dataset) -> Path:
-    """ADM evaluator-suite layout: ``arr_0`` uint8 (N, H, W, C) (decoded when latents), ``arr_1`` labels."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    inputs = metric_inputs(samples, dataset)
-    arrays = {"arr_0": inputs.permute(0, 2, 3, 1).numpy()} if inputs.dim() == 4 else {"arr_0": inputs.numpy()}
-    if labels is not None:
-        arrays["arr_1"] = labels.numpy()
-    write_atomic(path, lambda f: np.savez(f, **arrays))
-    return path
 
 
 def write_sample_npz(field, cfg: Mapping[str, Any], dataset, path: Path) -> tuple[Path, int, int]:
@@ -326,6 +292,7 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
             tracker.log_dict(run_id, result["protocol"], "protocol.json")
             if s.grid is not None and s.grid.dim() == 4:
                 tracker.log_artifact(run_id, sample_grid(s.grid), "samples")
+                result["sample_grid"] = tracker.artifact_location(run_id, "samples/sample_grid.png")
     return dist.broadcast(result)
 
 

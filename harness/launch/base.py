@@ -76,6 +76,9 @@ class Launcher:
     def __init__(self, max_parallel: int = 1, profile: Optional[str] = None) -> None:
         self.max_parallel = max(1, int(max_parallel))
 
+    def check_submit(self) -> None:
+        """Checks that need the cluster (not run by dry runs): e.g. the job fits the nodes. ConfigError if not."""
+
     def dry_run(self, stages: list[Stage], folder: Path) -> str:
         """What ``run`` would do, as text; nothing is started."""
         return describe_dag(stages)

@@ -128,7 +128,7 @@ class SlurmLauncher(Launcher):
         self.profile = load_profile(self.profile_name)   # a missing profile fails before anything is submitted
         self.poll_s = poll_s
 
-    def check_nodes(self) -> None:
+    def check_submit(self) -> None:
         """Before submitting (not in dry runs, which may run off-cluster): the job fits the cluster's nodes."""
         check_fits_nodes(self.profile)
 
@@ -159,7 +159,6 @@ class SlurmLauncher(Launcher):
     def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
         import submitit
 
-        self.check_nodes()
         out = Outcome(detached=detach)
         prev_id: Optional[str] = None
         submitted: list[tuple[Any, Any]] = []
@@ -196,7 +195,6 @@ class SlurmLauncher(Launcher):
     def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
         import submitit
 
-        self.check_nodes()
         ex = submitit.SlurmExecutor(folder=str(folder / "submitit" / "%j"))
         ex.update_parameters(**sbatch_parameters(self.profile, job_name=job_name, dependency=None,
                                                  array_parallelism=workers))

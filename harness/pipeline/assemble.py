@@ -51,14 +51,19 @@ def wrap_parts(cfg: Mapping[str, Any], method: Method, parts: Mapping[str, tuple
 
 def assemble(cfg: Mapping[str, Any], method: Optional[Method] = None, *,
              device: str | torch.device = "cpu") -> tuple[Field, dict[str, Any]]:
-    """The (guided) Field from the finished units' EMA weights on ``device``, and the units' completion records."""
+    """The (guided) Field from the finished units' EMA weights on ``device``, and the units' completion records.
+
+    ``eval.ema_std`` picks the power-function EMA profile (reconstructed post hoc when it was not tracked), so
+    EMA length is a sampling-time choice.
+    """
     from harness.train import load_unit_field_parts
 
     method = method or method_for(cfg)
     workdir = Path(cfg["paths"]["workdir"])
     parts, records = {}, {}
     for role, spec in experiment_units(cfg, method).items():
-        model, objective, record = load_unit_field_parts(spec, workdir, device=str(device))
+        model, objective, record = load_unit_field_parts(spec, workdir, device=str(device),
+                                                         ema_std=cfg["eval"].get("ema_std"))
         parts[role] = (model, objective)
         records[role] = record
     num_classes = max((int(r["num_classes"]) for r in records.values()), default=0)

@@ -96,6 +96,8 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
     sweep = load_sweep(path, dry_run=dry_run)
     name = launcher or sweep.base_cfg["launcher"]["name"]
     launch = make_launcher(name, sweep.base_cfg, max_parallel)
+    if not dry_run:
+        launch.check_submit()   # e.g. more GPUs per job than a node has: one line, before any state is written
     if sweep.spec.optuna:
         return run_search(sweep, launch, dry_run=dry_run, echo=echo)
     if dry_run:

@@ -141,6 +141,13 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path | str, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def artifact_location(self, run_id: str, artifact_path: str) -> str:
+        """Where a logged artifact lives: a local path for a file store, else its URI (``mlflow-artifacts:/...``)."""
+        root = self.client.get_run(run_id).info.artifact_uri
+        if root.startswith("file://"):
+            root = root[len("file://"):]
+        return f"{root.rstrip('/')}/{artifact_path}"
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

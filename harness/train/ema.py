@@ -17,10 +17,14 @@ length becomes a sampling-time key a sweep varies without retraining.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
+
+from harness.core.errors import CheckpointError
+from harness.core.files import write_atomic
 
 
 def std_to_exp(std: float) -> float:
@@ -109,3 +113,50 @@ def combine(states: Sequence[dict[str, torch.Tensor]], coefficients: Sequence[fl
         else:
             out[name] = first.clone()
     return out
+
+
+def profile_key(std: float) -> str:
+    """How a profile is named in checkpoints and snapshots: ``0.05``, ``0.1``."""
+    return f"{float(std):g}"
+
+
+def snapshot_steps(total: int, n: int) -> list[int]:
+    """The steps at which every profile is snapshotted: n evenly spaced, the last one ``total``."""
+    return sorted({max(1, round(total * k / n)) for k in range(1, n + 1)})
+
+
+def snapshot_path(unit_dir: Path, step: int) -> Path:
+    return Path(unit_dir) / "ema" / f"snapshot_{step:09d}.pt"
+
+
+def save_snapshot(unit_dir: Path, step: int, profiles: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Every profile's weights at ``step``, written atomically (the post-hoc EMA's inputs)."""
+    path = snapshot_path(unit_dir, step)
+    write_atomic(path, lambda f: torch.save({"step": int(step), "profiles": profiles}, f))
+    return path
+
+
+def reconstruct(unit_dir: Path, std: float, end_step: int) -> dict[str, torch.Tensor]:
+    """The weights of profile ``std`` at ``end_step`` from the unit's snapshots (EDM2 post-hoc EMA, App. C.3)."""
+    snaps = sorted(Path(unit_dir).glob("ema/snapshot_*.pt"))
+    if not snaps:
+        raise CheckpointError(f"{unit_dir} has no EMA snapshots to reconstruct eval.ema_std={std} from",
+                              hint="sample one of the tracked train.ema_std profiles, or retrain with train.ema_std set")
+    states, steps, stds = [], [], []
+    for path in snaps:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        for key, state in blob["profiles"].items():
+            states.append(state)
+            steps.append(int(blob["step"]))
+            stds.append(float(key))
+    return combine(states, posthoc_coefficients(steps, stds, int(end_step), float(std)))
+
+
+def pick_profile(ckpt: dict, unit_dir: Path, stds: Sequence[float], want: Optional[float],
+                 end_step: int) -> dict[str, torch.Tensor]:
+    """The EMA weights to sample: the tracked profile ``want`` (default: the last of ``stds``), else post hoc."""
+    std = float(stds[-1]) if want is None else float(want)
+    profiles = ckpt["ema_profiles"]
+    if profile_key(std) in profiles:
+        return profiles[profile_key(std)]
+    return reconstruct(unit_dir, std, end_step)

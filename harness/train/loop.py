@@ -29,8 +29,9 @@ from harness.core.files import sha256_file, write_json_atomic
 from harness.core.hashing import derived_seed
 from harness.core.versions import CONFIG_VERSION
 from harness.objectives import build_objective
-from harness.train.batches import draw_batch, rank_batches, step_generator  # noqa: F401  (re-exported)
+from harness.train.batches import rank_batches
 from harness.train.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from harness.train.ema import PowerEMA, pick_profile, profile_key, save_snapshot, snapshot_steps
 from harness.train.preemption import PreemptionGuard, stop_requested
 from harness.train.units import UnitSpec, done_record
 
@@ -81,7 +82,9 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     rounds = micro_batches(per_rank, tc.get("batch_gpu"))
     objective = build_objective(spec.objective)
     model = build_model_for(spec, tuple(dataset.shape), dataset.num_classes).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False) if tc["ema_decay"] > 0 else None
+    stds = list(tc.get("ema_std") or [])
+    power = PowerEMA(model, stds) if stds else None                      # EDM2's power-function profiles
+    ema = copy.deepcopy(model).requires_grad_(False) if not stds and tc.get("ema_decay") else None   # fixed decay
     opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], betas=tuple(tc["betas"]), weight_decay=tc["weight_decay"])
     meta = {"unit": spec.to_dict(), "data_shape": list(dataset.shape), "num_classes": dataset.num_classes}
     start = 0
@@ -91,6 +94,8 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
         opt.load_state_dict(ckpt["optimizer"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
+        if power is not None:
+            power.load(model, [ckpt["ema_profiles"][profile_key(s)] for s in stds])
         start = int(ckpt["step"])
     net = model
     if world > 1:  # joint experts (time_experts) step one expert per batch: the others get no gradient
@@ -103,6 +108,7 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     ema_params = list(ema.parameters()) if ema is not None else []
     params = list(model.parameters())
     total, end = int(tc["steps"]), int(tc["steps"]) if stop_after is None else min(int(tc["steps"]), start + stop_after)
+    snapshots = set(snapshot_steps(total, int(tc.get("ema_snapshots") or 8))) if power is not None else set()
     loss_sum = torch.zeros((), device=device)
     bar = _progress(progress and rank == 0, spec.label, total, start)
     seed = int(tc["seed"])
@@ -138,11 +144,15 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
             if tc["grad_clip"] > 0:
                 torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
             opt.step()
+            done = step + 1
             if ema is not None:
                 with torch.no_grad():
                     torch._foreach_lerp_(ema_params, params, 1.0 - tc["ema_decay"])
+            if power is not None:
+                power.update(done)
+                if done in snapshots and rank == 0:
+                    save_snapshot(unit_dir, done, {profile_key(s): power.state_dict(model, k) for k, s in enumerate(stds)})
             loss_sum += step_loss
-            done = step + 1
             if done % tc["log_every"] == 0 or done == total:
                 n = done % tc["log_every"] or tc["log_every"]
                 value = float(loss_sum) / n
@@ -156,7 +166,7 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
             stop = stop_requested(guard, dist.any_rank)
             if done % tc["checkpoint_every"] == 0 or done == total or stop:
                 if rank == 0:
-                    _save(unit_dir, done, model, ema, opt, meta, tc, resumed_from=start)
+                    _save(unit_dir, done, model, ema, power, opt, meta, tc, resumed_from=start)
                 dist.barrier()
             if stop:
                 if bar is not None:
@@ -176,10 +186,12 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     return record
 
 
-def _save(unit_dir: Path, step: int, model, ema, opt, meta: dict, tc: dict, *, resumed_from: int) -> None:
+def _save(unit_dir: Path, step: int, model, ema, power, opt, meta: dict, tc: dict, *, resumed_from: int) -> None:
     payload = {"model": model.state_dict(), "optimizer": opt.state_dict()}
     if ema is not None:
         payload["ema"] = ema.state_dict()
+    if power is not None:
+        payload["ema_profiles"] = {profile_key(s): power.state_dict(model, k) for k, s in enumerate(power.stds)}
     save_checkpoint(unit_dir, step, payload, config=dict(meta, resumed_from=resumed_from),
                     config_version=CONFIG_VERSION, keep=int(tc["keep_checkpoints"]))
 
@@ -209,8 +221,13 @@ def _progress(enabled: bool, label: str, total: int, start: int) -> Optional[_Ba
     return _Bar(label, total, start) if enabled else None
 
 
-def load_unit_field_parts(spec: UnitSpec, workdir: Path, *, use_ema: bool = True, device: str = "cpu"):
-    """(model in eval mode, objective, record) of a finished unit, loaded from its checksummed checkpoint."""
+def load_unit_field_parts(spec: UnitSpec, workdir: Path, *, use_ema: bool = True, device: str = "cpu",
+                          ema_std: Optional[float] = None):
+    """(model in eval mode, objective, record) of a finished unit, loaded from its checksummed checkpoint.
+
+    EMA weights by default: the fixed-decay EMA, or the power-function profile ``ema_std`` (``eval.ema_std``;
+    None = the last of ``train.ema_std``), reconstructed post hoc from the snapshots when it was not tracked.
+    """
     unit_dir = spec.directory(workdir)
     record = done_record(unit_dir)
     if record is None:
@@ -218,5 +235,9 @@ def load_unit_field_parts(spec: UnitSpec, workdir: Path, *, use_ema: bool = True
                               hint="run `harness train` or `harness run` with the same config first")
     ckpt = load_checkpoint(unit_dir / record["checkpoint"], config_version=CONFIG_VERSION, map_location=str(device))
     model = build_model_for(spec, tuple(record["data_shape"]), int(record["num_classes"]))
-    model.load_state_dict(ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"])
+    if use_ema and "ema_profiles" in ckpt:
+        state = pick_profile(ckpt, unit_dir, spec.train["ema_std"], ema_std, int(record["step"]))
+    else:
+        state = ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"]
+    model.load_state_dict(state)
     return model.to(device).eval(), build_objective(spec.objective), record
