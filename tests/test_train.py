@@ -219,3 +219,24 @@ def test_a_fixed_decay_and_power_profiles_together_are_one_line():
     with pytest.raises(ConfigError, match=r"eval.ema_std: every sigma_rel must lie in \(0, 0.2886\)"):
         load(["eval.ema_std=0.5"])
     assert load(["train.ema_decay=0.9999", "train.ema_std=null"])["train"]["ema_std"] is None
+
+
+def test_compile_and_activation_checkpointing_train_the_eager_weights(tmp_path):
+    """train.compile and backbone.checkpointing change how a step runs, not what it computes; checkpoints hold
+    the uncompiled module's keys (no ``_orig_mod.`` prefix), so either can load the other's units."""
+    tiny = ["data=digits", "backbone=dit_tiny", "backbone.hidden_size=32", "backbone.depth=2", "backbone.num_heads=2",
+            "backbone.patch_size=2", "train.steps=4", "train.batch_size=16", "train.checkpoint_every=4"]
+    cfg = cfg_for(tmp_path, *tiny)
+    torch.set_num_threads(1)
+    states = {}
+    for name, extra in (("eager", {}), ("compiled", {"compile": True})):
+        spec = unit_from_config(cfg, label=name, **extra)
+        train_unit(spec, workdir=tmp_path / name, progress=False)
+        states[name] = _final(tmp_path / name)["model"]
+    spec = unit_from_config(dict(cfg, backbone=dict(cfg["backbone"], checkpointing=True)), label="ckpt")
+    train_unit(spec, workdir=tmp_path / "checkpointed", progress=False)
+    states["checkpointed"] = _final(tmp_path / "checkpointed")["model"]
+    for name in ("compiled", "checkpointed"):
+        assert states[name].keys() == states["eager"].keys(), name
+        for key in states["eager"]:
+            assert torch.allclose(states[name][key], states["eager"][key], atol=1e-5, rtol=1e-4), (name, key)
