@@ -60,9 +60,9 @@ def joint_unit(cfg, boundaries: list[float], budget: str) -> dict[str, UnitSpec]
 class NaiveSplit(Method):
     """Expert i on [i/N, (i+1)/N); subclasses decide the boundaries (:attr:`boundaries`) another way."""
 
-    default_n = 2
+    default_n = 3   # seed 000 compares N = 3 splits (Tab. 1-3); CBS inherits it
 
-    def __init__(self, cfg, n: int = 2, budget: str = "per_expert", training: str = "independent") -> None:
+    def __init__(self, cfg, n: int = 3, budget: str = "per_expert", training: str = "independent") -> None:
         super().__init__(cfg)
         self.n, self.budget, self.training = int(n), budget, training
         self.boundaries = uniform_boundaries(self.n)

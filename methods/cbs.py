@@ -24,11 +24,9 @@ from harness.train.units import done_record
 
 @register("method", "cbs")
 class CBS(NaiveSplit):
-    default_n = 3
-
-    def __init__(self, cfg, n: int = 3, monitor: str = "acceleration", boundaries: Optional[list[float]] = None,
-                 **kwargs: Any) -> None:   # budget, training: NaiveSplit's keys (validation reads the hierarchy)
-        super().__init__(cfg, n=n, **kwargs)
+    def __init__(self, cfg, monitor: str = "acceleration", boundaries: Optional[list[float]] = None,
+                 **kwargs: Any) -> None:   # n, budget, training: NaiveSplit's keys (validation reads the hierarchy)
+        super().__init__(cfg, **kwargs)
         self.monitor = monitor
         self.boundaries = None if boundaries is None else check_boundaries(boundaries, self.n, "method.boundaries")
         self.split_result: Optional[dict[str, Any]] = None

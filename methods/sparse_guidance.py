@@ -22,6 +22,8 @@ from harness.core.registry import register
 class SparseGuidance(ScaledGuidance):
     """SG (Eq. 7): ``D(c; gamma_weak) + omega (D(c; gamma_strong) - D(c; gamma_weak))``."""
 
+    gammas_ordered = True   # seed 004 requires gamma_strong < gamma_weak for SG (one model, two sparsities)
+
     weak_label = "cond"
 
     def __init__(self, cfg, scale: float = 1.5, interval: list[float] = (0.0, 1.0), seed: int = 0,
@@ -32,7 +34,7 @@ class SparseGuidance(ScaledGuidance):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
-        check_gammas(cfg)
+        check_gammas(cfg, ordered=cls.gammas_ordered)
         require_sparse_training(cfg)
 
     def weak_field(self, field, parts):
@@ -62,6 +64,8 @@ class CFGSparseGuidance(SparseGuidance):
 @register("guidance", "ag_sparse")
 class AGSparseGuidance(WeakModelUnit, SparseGuidance):
     """AG + SG (Sec. 4.3, Fig. 7-8; Tab. 2's SG_FID): the weak branch is the AG model at gamma_weak."""
+
+    gammas_ordered = False  # the weak branch is another (weaker) model: the seed states the ordering only for SG
 
     def __init__(self, cfg, scale: float = 1.5, interval: list[float] = (0.0, 1.0), seed: int = 0,
                  gamma_strong: float = 0.0, gamma_weak: float = 0.5, weak_steps: Optional[int] = None,

@@ -111,7 +111,7 @@ def test_plugin_signatures_are_read_along_the_class_hierarchy():
     assert not open_kwargs
     cbs, _, _ = plugin_signature("method", "cbs")
     assert {"n", "monitor", "boundaries", "budget", "training"} == set(cbs)
-    assert cbs["n"].default == 3  # the subclass's default wins over NaiveSplit's 2
+    assert cbs["n"].default == 3  # read from NaiveSplit, the class that declares it (seed 000: N = 3)
     load(["experiment=hetero_ddm_fmnist_mini", "method.k=3", "method.budget=equal_total"])
     with pytest.raises(ConfigError, match=r"method\.kk: unknown key\. Did you mean: k\?.*ddpm_experts"):
         load(["experiment=hetero_ddm_fmnist_mini", "+method.kk=3"])

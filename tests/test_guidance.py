@@ -274,3 +274,13 @@ def test_every_registered_guidance_wraps_a_field_of_the_right_shape() -> None:
         parts = {role: (weak, build_objective({"name": "flow_matching"})) for role in g.units()}
         out = g.wrap(field, parts, 3)(x, t, y)
         assert out.shape == x.shape and torch.isfinite(out).all(), name
+
+
+def test_the_gamma_ordering_is_required_for_sg_and_not_for_ag_plus_sg() -> None:
+    """Seed 004 states 0 <= gamma_strong < gamma_weak for SG (one model at two sparsities); AG + SG's weak branch is
+    another model, so equal or reversed sparsities are legal there."""
+    base = ["experiment=sg_routing_fmnist_mini", "guidance.gamma_strong=0.5", "guidance.gamma_weak=0.5"]
+    with pytest.raises(ConfigError, match="guidance.gamma_weak must exceed guidance.gamma_strong"):
+        validate(compose([*base[:1], "guidance=sparse", *base[1:]]))
+    cfg = validate(compose([base[0], "guidance=ag_sparse", "guidance.weak_steps=100", *base[1:]]))
+    assert cfg["guidance"]["gamma_strong"] == cfg["guidance"]["gamma_weak"] == 0.5

@@ -102,14 +102,15 @@ def require_null_class(cfg: Mapping[str, Any]) -> None:
                           hint="set train.label_dropout=0.1 (CFG training)")
 
 
-def check_gammas(cfg: Mapping[str, Any]) -> tuple[float, float]:
-    """0 <= gamma_strong < gamma_weak < 1 (seed 004, below Eq. 6)."""
+def check_gammas(cfg: Mapping[str, Any], ordered: bool = True) -> tuple[float, float]:
+    """Both sparsities in [0, 1); ``ordered``: 0 <= gamma_strong < gamma_weak < 1 (seed 004, below Eq. 6, for SG,
+    whose two branches are one model: a weak branch no sparser than the strong one would not be weaker)."""
     g = cfg["guidance"]
     gs, gw = float(g.get("gamma_strong", 0.0)), float(g.get("gamma_weak", 0.5))
     for key, v in (("gamma_strong", gs), ("gamma_weak", gw)):
         if not 0.0 <= v < 1.0:
             raise ConfigError(f"guidance.{key} must be in [0, 1) (fraction of tokens skipped), got {v}")
-    if not gs < gw:
+    if ordered and not gs < gw:
         raise ConfigError(f"guidance.gamma_weak must exceed guidance.gamma_strong (seed 004: 0 <= gamma_strong < "
                           f"gamma_weak < 1), got gamma_strong={gs}, gamma_weak={gw}")
     return gs, gw

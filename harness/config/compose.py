@@ -106,8 +106,8 @@ def plugin_signature(kind: str, name: str) -> tuple[dict[str, inspect.Parameter]
 
     A class whose ``__init__`` takes ``**kwargs`` and passes them up accepts its bases' keywords too,
     so the signature is read along the class hierarchy until an ``__init__`` without ``**kwargs``
-    (a subclass such as ``HeteroDDM`` names only its own keys).  The first definition of a key wins,
-    so a subclass may change a default (CBS's ``n``).  ``open_kwargs``: the chain ends in ``**kwargs``.
+    (a subclass such as ``HeteroDDM`` or ``CBS`` names only its own keys).  The first definition of a key
+    wins, so a subclass may change a default.  ``open_kwargs``: the chain ends in ``**kwargs``.
     """
     obj = get(kind, name)
     targets = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c) and c is not object] if inspect.isclass(obj) else [obj]
