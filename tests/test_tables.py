@@ -103,11 +103,17 @@ def test_ci95_is_the_student_t_interval():
 def test_paper_value_is_never_shown_in_our_column():
     empty = paper_vs_ours(PAPER, pd.DataFrame())
     assert (empty["ours"] == MISSING).all() and (empty["ours_n"] == 0).all()
-    # one real-looking run matching seed 000 Tab. 4's N=4 CBS row: ours is that run's number, at mini scale
+    # two real-looking mini runs with seed 000 Tab. 4's N=4 CBS keys: they fill the row only once it names its
+    # mini twin (mini_scale); then ours is their mean at mini scale, and never the paper's number
+    from dataclasses import replace
+
     runs = _runs(**{"params.method.name": ["cbs", "cbs"], "params.method.n": ["4", "4"], "params.train.seed": ["0", "1"],
                     "params.data.name": ["fashion_mnist"] * 2, "params.backbone.name": ["unet"] * 2,
                     "metrics.fd_smallcnn_256": [40.0, 42.0]})
-    table = paper_vs_ours([t for t in PAPER if t.id == "cbs_t4_quoted"], runs)
+    (t4,) = [t for t in PAPER if t.id == "cbs_t4_quoted"]
+    assert (paper_vs_ours([t4], runs)["ours"] == MISSING).all()      # no twin named: a matching mini run fills nothing
+    twin = replace(t4, entries=tuple(replace(e, mini_scale={"data.name": "fashion_mnist"}) for e in t4.entries))
+    table = paper_vs_ours([twin], runs)
     row = table[table["row"] == "SiT-B/2, N = 4 (CBS)"].iloc[0]
     assert row["paper"] == "29.33" and row["ours"].startswith("41 ± ") and row["ours_n"] == 2
     assert row["ours_scale"] == "mini (fashion_mnist, unet)" and row["ours_protocol"].startswith("FD (smallcnn features)")
@@ -181,10 +187,23 @@ def test_round_trip_real_runs_land_in_the_right_cells(mini_store, tmp_path, caps
                  *store_overrides(workdir)]) == 0
     table = pd.read_csv(out, keep_default_na=False)
     n1 = table[table["row"] == "SiT-B/2, N = 1 (monolithic)"].iloc[0]
-    assert n1["paper"] == 34.84 and n1["n seeds"] == 2 and n1["our scale"] == "mini (gaussian_mixture, mlp)"
-    assert n1["ours"] == f"{mean:.4g} ± {half:.2g}" and n1["our protocol"] == f"FD (raw coordinates), n=200, NFE 5"
+    # a monolithic gmm mini run matches the row's method keys but is not its twin: it never fills the row
+    assert n1["paper"] == 34.84 and n1["ours"] == MISSING and n1["n seeds"] == 0
     n4 = table[table["row"] == "SiT-B/2, N = 4 (CBS)"].iloc[0]
     assert n4["ours"] == MISSING and n4["n seeds"] == 0
+    # a row that names its mini twin (mini_scale) is filled by the twin's runs, seeds aggregated, with its protocol
+    from dataclasses import replace
+
+    from harness.tables.compare import paper_vs_ours
+    from harness.tables.paper import load_paper_tables
+    from harness.tables.runs import load_runs
+
+    (t4,) = [t for t in load_paper_tables() if t.id == "cbs_t4_quoted"]
+    twin = replace(t4, entries=tuple(replace(e, mini_scale={"data.name": "gaussian_mixture"}) for e in t4.entries))
+    rows = paper_vs_ours([twin], load_runs(uri))
+    n1 = rows[rows["row"] == "SiT-B/2, N = 1 (monolithic)"].iloc[0]
+    assert n1["ours_n"] == 2 and n1["ours_scale"] == "mini (gaussian_mixture, mlp)"
+    assert n1["ours"] == f"{mean:.4g} ± {half:.2g}" and n1["ours_protocol"] == "FD (raw coordinates), n=200, NFE 5"
     # without --paper: the sweep as a table, one row per method setting, seeds aggregated
     assert main(["table", "sweep=mini_sweep", *store_overrides(workdir), "--format", "md", "--plots", str(tmp_path / "plots")]) == 0
     captured = capsys.readouterr()

@@ -125,7 +125,11 @@ def ours_for_entry(entry: PaperEntry, runs: pd.DataFrame) -> list[dict[str, Any]
             continue
         scales = with_metric.apply(lambda r: scale_of(r.to_dict(), entry.paper_scale), axis=1)
         for scale, group in with_metric.groupby(scales, sort=True):
-            if scale != "paper" and entry.mini_scale:
+            if scale != "paper":
+                # a CPU twin fills a paper row only when the row names it (``mini_scale``): a mini number is
+                # never set beside a paper number because it happens to match the row's method keys
+                if not entry.mini_scale:
+                    continue
                 group = group[match_mask(group, entry.mini_scale)]
                 if group.empty:
                     continue
