@@ -117,3 +117,15 @@ def test_plugin_signatures_are_read_along_the_class_hierarchy():
         load(["experiment=hetero_ddm_fmnist_mini", "+method.kk=3"])
     with pytest.raises(ConfigError, match=r"method\.budget must be one of"):
         load(["method=cbs", "method.budget=nope"])
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    (["experiment=gmm_mini", "data.weights=[0.2,0.2]"], r"data.weights"),
+    (["experiment=gmm_mini", "data.stds=[0.5,-1.0]"], r"data.stds must all be > 0"),
+    (["data.resolution=0"], r"data.resolution must be >= 1, got 0"),
+    (["data.subset_fraction=1.5"], r"data.subset_fraction must be in \(0, 1\]"),
+])
+def test_validate_catches_dataset_values_before_the_dataset_is_built(overrides, pattern):
+    """What building the dataset would reject is a one-line ConfigError of `harness validate` (issue 16)."""
+    with pytest.raises(ConfigError, match=pattern):
+        load(overrides)

@@ -173,6 +173,7 @@ def validate(cfg: Any) -> dict[str, Any]:
     for node_name, kind in PLUGIN_NODES.items():
         check_plugin_node(node_name, kind, plain[node_name])
     check_data_root(plain["data"])
+    check_data_params(plain["data"])
     for node_name in ("method", "guidance"):  # cross-key invariants, through the registry (the engine names no plug-in)
         node = plain.get(node_name)
         if node:
@@ -181,6 +182,20 @@ def validate(cfg: Any) -> dict[str, Any]:
     if plain["eval"].get("extractor"):
         get("extractor", plain["eval"]["extractor"])
     return plain
+
+
+def check_data_params(data: Mapping[str, Any]) -> None:
+    """Values a dataset would reject when built, found before anything runs: the generic keys here, the
+    dataset's own through its factory's ``check_params`` (e.g. mixture weights that do not sum to 1)."""
+    for key in ("resolution", "channels"):
+        if data.get(key) is not None and int(data[key]) < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {data[key]}", hint=f"or data.{key}=null")
+    fraction = data.get("subset_fraction")
+    if fraction is not None and not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(f"data.subset_fraction must be in (0, 1], got {fraction}")
+    check = getattr(get("dataset", data["name"]), "check_params", None)
+    if check is not None:
+        check(**{k: v for k, v in data.items() if k != "name" and k not in DATA_GENERIC_KEYS})
 
 
 def check_data_root(data: Mapping[str, Any]) -> None:

@@ -175,10 +175,7 @@ def gaussian_mixture(*, dim: int = 2, means: list[list[float]] | None = None, st
     The mixture itself is attached as ``dataset.mixture`` (exact velocity, posterior).
     ``split='test'`` draws a disjoint stream from the same ``seed``.
     """
-    check_split(split)
-    if n < 1:
-        raise ConfigError(f"data.n must be >= 1, got {n}")
-    mix = mixture_from_config(dim=dim, means=means, stds=stds, weights=weights)
+    mix = check_params(dim=dim, means=means, stds=stds, weights=weights, n=n, split=split)
     g = torch.Generator().manual_seed(2 * int(seed) + (0 if split == "train" else 1))
     x, y = mix.sample(int(n), g)
     info = {"source": "analytic isotropic Gaussian mixture", "split": split, "seed": int(seed), "n": int(n),
@@ -189,3 +186,15 @@ def gaussian_mixture(*, dim: int = 2, means: list[list[float]] | None = None, st
                       kind="vector", info=dict(info, conditional=bool(conditional)))
     ds.mixture = mix  # type: ignore[attr-defined]  # not in info: info stays JSON
     return ds
+
+
+def check_params(*, dim: int = 2, means: list[list[float]] | None = None, stds: list[float] | None = None,
+                 weights: list[float] | None = None, n: int = 20000, split: str = "train", **_: object) -> GaussianMixture:
+    """The node's values, checked without drawing a sample (``harness validate`` calls this): the mixture."""
+    check_split(split)
+    if n < 1:
+        raise ConfigError(f"data.n must be >= 1, got {n}")
+    return mixture_from_config(dim=dim, means=means, stds=stds, weights=weights)
+
+
+gaussian_mixture.check_params = check_params  # type: ignore[attr-defined]  (read by harness.config.compose)
