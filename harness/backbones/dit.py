@@ -12,7 +12,8 @@ Two extension points, both through the registry so later methods never edit this
 * ``ffn`` / ``ffn_kwargs`` / ``ffn_every`` / ``ffn_layers``: which FFN (``harness.backbones.ffn``)
   the chosen blocks use; the others keep the dense FFN (DiffMoE: MoE in every other block).
 * ``token_selector`` / ``token_selector_kwargs`` / ``select_blocks``: token routing or
-  masking around a block range (``harness.backbones.token_selection``, seed 004).
+  masking around a block range (``harness.backbones.token_selection``, seed 004); a masking
+  selector may ask for MaskDiT's separate decoder (:class:`MaskDecoder`), built here.
 
 Conventions (harness-wide): ``forward(x, t, y=None)``, ``t`` in [0, 1] embedded as
 sinusoids of ``1000 t`` (DiT's timestep scale), ``y = None`` -> the null class
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.backbones.ffn import aux_loss, build_ffn
-from harness.backbones.token_selection import build_token_selector
+from harness.backbones.token_selection import DecoderSpec, build_token_selector
 from harness.core.errors import ConfigError
 from harness.core.registry import register
 
@@ -111,15 +112,20 @@ class Attention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block (DiT Fig. 3): attention and FFN, each modulated and gated by c."""
+    """adaLN-Zero block (DiT Fig. 3): attention and FFN, each modulated and gated by c.
 
-    def __init__(self, dim: int, num_heads: int, ffn: nn.Module, qk_norm: bool = False) -> None:
+    ``cond_dim``: the width of c when it differs from the tokens' (MaskDiT's decoder blocks read
+    the encoder's c, ``models/maskdit.py`` l. 320); None = ``dim``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn: nn.Module, qk_norm: bool = False,
+                 cond_dim: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ffn = ffn
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         """x (B, S, D), c (B, D) -> ((B, S, D), aux of the FFN)."""
@@ -130,17 +136,46 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale) + LayerNorm + Linear to p*p*C per token (DiT)."""
+    """adaLN (shift, scale) + LayerNorm + Linear to ``out_dim`` per token.
 
-    def __init__(self, dim: int, patch: int, channels: int) -> None:
+    DiT's final layer (``out_dim`` = p*p*C) and MaskDiT's ``DecoderLayer`` (encoder width to
+    decoder width, ``models/maskdit.py`` l. 195-213) are this one layer; ``cond_dim`` as in
+    :class:`DiTBlock`.
+    """
+
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, patch * patch * channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))           # (B, S, p*p*C)
+        return self.linear(modulate(self.norm(x), shift, scale))           # (B, S, out_dim)
+
+
+class MaskDecoder(nn.Module):
+    """MaskDiT's decoder (Zheng et al. 2023, ``models/maskdit.py`` l. 309-331 and 536-548).
+
+    ``embed`` projects the encoder's output (the kept tokens only) to the decoder width; the
+    masking selector's ``restore`` then fills the masked positions with ``e_mask`` and adds the
+    decoder position embedding to every token; ``blocks`` (dense DiT blocks conditioned on the
+    encoder's c) run on the full sequence, and the backbone's final layer reads their width.
+    """
+
+    def __init__(self, spec: DecoderSpec, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool) -> None:
+        super().__init__()
+        self.embed = FinalLayer(dim, spec.dim)
+        self.blocks = nn.ModuleList(
+            DiTBlock(spec.dim, spec.num_heads or num_heads, build_ffn("dense", spec.dim, mlp_ratio, None), qk_norm,
+                     cond_dim=dim)
+            for _ in range(spec.depth))
+
+    def init_weights(self) -> None:
+        """Zero the blocks' adaLN and the projection, as MaskDiT does (``models/maskdit.py`` l. 397-408)."""
+        for lin in [b.adaLN_modulation[-1] for b in self.blocks] + [self.embed.adaLN_modulation[-1], self.embed.linear]:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -155,7 +190,8 @@ class DiT(nn.Module):
 
     ``bottleneck_dim`` (JiT) factors the patch embedding into p*p*C -> bottleneck -> D.
     After each forward ``last_aux_loss`` holds the sum of the FFNs' ``aux["loss"]`` (0 for
-    dense FFNs), for the trainer to add to the objective.
+    dense FFNs), for the trainer to add to the objective.  A masking selector that asks for
+    MaskDiT's decoder gets ``mask_decoder`` after the last block, and ``final_layer`` reads its width.
     """
 
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int,
@@ -172,7 +208,8 @@ class DiT(nn.Module):
                  ffn_layers: tuple[int, ...] | None = None,  # explicit block indices (overrides ffn_every)
                  token_selector: str | None = None,    # registered selector; None = dense
                  token_selector_kwargs: dict[str, Any] | None = None,
-                 select_blocks: tuple[int, ...] | None = None,  # [start, end); None = [2, depth-2) (TREAD)
+                 select_blocks: tuple[int, ...] | None = None,  # [start, end); None = [2, depth-2) (TREAD),
+                                                                # [0, depth) with MaskDiT's decoder
                  checkpointing: bool = False,          # recompute each block's activations in backward (memory)
                  ) -> None:
         super().__init__()
@@ -213,17 +250,31 @@ class DiT(nn.Module):
             DiTBlock(D, num_heads, build_ffn(ffn if i in special else "dense", D, mlp_ratio,
                                              ffn_kwargs if i in special else None), qk_norm)
             for i in range(depth))
-        self.final_layer = FinalLayer(D, p, C)
+        self.final_layer = FinalLayer(D, p * p * C)
 
-        self.token_selector = build_token_selector(token_selector, token_selector_kwargs, dim=D)
+        self.token_selector = build_token_selector(token_selector, token_selector_kwargs, dim=D,
+                                                   positions=lambda width: sincos_pos_embed_2d(width, *self.grid))
+        spec = self.token_selector.decoder if self.token_selector is not None else None
         if select_blocks is None:
             start = 2 if depth >= 6 else (1 if depth >= 3 else 0)
-            select_blocks = (start, depth - start)
+            select_blocks = (0, depth) if spec is not None else (start, depth - start)
         _check(len(select_blocks) == 2 and 0 <= select_blocks[0] < select_blocks[1] <= depth, "select_blocks",
                f"need [start, end) with 0 <= start < end <= depth={depth}, got {list(select_blocks)}")
         self.select_blocks = (int(select_blocks[0]), int(select_blocks[1]))
+        self.mask_decoder = None if spec is None else self.build_mask_decoder(spec, num_heads, mlp_ratio, qk_norm)
         self.last_aux_loss: torch.Tensor = torch.zeros(())
         self.initialize_weights()
+
+    def build_mask_decoder(self, spec: DecoderSpec, num_heads: int, mlp_ratio: float, qk_norm: bool) -> MaskDecoder:
+        """MaskDiT's decoder after every block (its encoder is the whole trunk), and a final layer of its width."""
+        depth, D, (C, _, _), p = self.depth, self.hidden_size, self.in_shape, self.patch_size
+        _check(self.select_blocks[1] == depth, "select_blocks",
+               f"random_mask's decoder (decoder_depth > 0) follows MaskDiT, whose encoder is every block: "
+               f"the range must end at depth={depth}, got {list(self.select_blocks)}")
+        _check(spec.dim % (spec.num_heads or num_heads) == 0, "token_selector_kwargs.decoder_heads",
+               f"decoder_dim={spec.dim} is not divisible by {spec.num_heads or num_heads} heads")
+        self.final_layer = FinalLayer(spec.dim, p * p * C, cond_dim=D)  # MaskDiT l. 331: it reads the decoder
+        return MaskDecoder(spec, D, num_heads, mlp_ratio, qk_norm)
 
     def initialize_weights(self) -> None:
         """DiT init: xavier Linear, zero adaLN and output (adaLN-Zero), N(0, 0.02) embeddings."""
@@ -293,22 +344,30 @@ class DiT(nn.Module):
                 h, state = self.token_selector.select(h, generator, gamma=gamma)   # (B, S', D)
                 ctx["token_state"] = state
             ctx["block"] = i
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                # activation checkpointing (SiT-XL/2 at batch 256 on one 80 GB card); the RNG state is replayed,
-                # so dropout in the recomputed forward draws what the first one drew
-                h, aux = torch.utils.checkpoint.checkpoint(block, h, c, ctx, use_reentrant=False)
-            else:
-                h, aux = block(h, c, ctx)
+            h, aux = self.run_block(block, h, c, ctx)
             total_aux = total_aux + aux_loss(aux, total_aux)
             if self.token_selector is not None and i == end - 1:
-                h = self.token_selector.restore(h, h_full, state)          # (B, S, D)
+                if self.mask_decoder is not None:
+                    h = self.mask_decoder.embed(h, c)                      # (B, S', D_dec), kept tokens only
+                h = self.token_selector.restore(h, h_full, state)          # (B, S, D) or (B, S, D_dec)
                 ctx["token_state"] = None
+        if self.mask_decoder is not None:  # MaskDiT's decoder on every token (models/maskdit.py l. 546-548)
+            for block in self.mask_decoder.blocks:
+                h, _ = self.run_block(block, h, c, ctx)                    # dense FFNs: no auxiliary loss
         out = self.final_layer(h, c)                                       # (B, S, p*p*C)
         if self.token_selector is not None:  # masking's MAE loss on the dropped tokens (seed 004 Eq. 4)
             out, sel_aux = self.token_selector.finish(out, self.tokens_of(x), state)
             total_aux = total_aux + sel_aux
         self.last_aux_loss = total_aux
         return self.unpatchify(out)
+
+    def run_block(self, block: DiTBlock, h: torch.Tensor, c: torch.Tensor,
+                  ctx: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        """One block, with activation checkpointing when asked for (SiT-XL/2 at batch 256 on one 80 GB
+        card); the RNG state is replayed, so dropout in the recomputed forward draws what the first one drew."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, h, c, ctx, use_reentrant=False)
+        return block(h, c, ctx)
 
     def tokens_of(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, S, p*p*C) in the output's token layout (inverse of :meth:`unpatchify`)."""

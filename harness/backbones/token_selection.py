@@ -18,12 +18,18 @@ Both fit one protocol, so the backbone (:class:`harness.backbones.dit.DiT`) only
 ``gamma`` is the fraction of tokens that skip the range.  A selector uses ``gamma`` while
 training and ``inference_gamma`` in eval mode (TREAD trains sparse and samples dense); a
 per-call ``gamma=`` (what Sparse Guidance passes for its two branches) overrides both.
+
+A selector may also ask the backbone for MaskDiT's separate decoder (``decoder``, a
+:class:`DecoderSpec`); the backbone then builds it after the range and ``restore`` returns
+tokens of the decoder's width.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+import dataclasses
+import inspect
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -63,8 +69,21 @@ def _context(gamma: float | None, generator: torch.Generator | None) -> tuple[fl
     return (ctx[0] if gamma is None else gamma), (ctx[1] if generator is None else generator)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    """MaskDiT's decoder as a selector asks the backbone for it (Anima-Lab/MaskDiT ``models/maskdit.py``
+    l. 309-331: ``decoder_depth`` DiT blocks of width ``decoder_hidden_size``, conditioned on the
+    encoder's c); the layers are the backbone's, so they live there (this module cannot import them)."""
+
+    depth: int                  # decoder blocks (MaskDiT: 8)
+    dim: int                    # their token width (MaskDiT: 512)
+    num_heads: int | None       # attention heads; None = the backbone's (MaskDiT: 16)
+
+
 class TokenSelector(nn.Module):
     """Base of token selectors: keeps every token (the dense forward)."""
+
+    decoder: DecoderSpec | None = None   # a separate decoder after the range (MaskDiT); None: the backbone's own blocks
 
     def select(self, x: torch.Tensor, generator: torch.Generator | None = None, *,
                gamma: float | None = None) -> tuple[torch.Tensor, State]:
@@ -163,60 +182,121 @@ class RandomRoute(TokenSelector):
         return self.gamma > 0
 
 
+def normalized_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(B, S, P) -> each patch minus its mean over its P values, over sqrt(its variance + eps).
+
+    MAE's ``norm_pix_loss``, on by default in MaskDiT's MAE term (``train_utils/loss.py`` l. 88-94:
+    unbiased ``var`` over the last dim, eps 1e-6): the reconstruction target keeps a patch's
+    structure, not its brightness or contrast.
+    """
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return (target - mean) / (var + eps) ** 0.5
+
+
 @register("token_selector", "random_mask")
 class RandomMask(RandomRoute):
     """MaskDiT-style masking (seed 004 Eq. 4): a random fraction ``gamma`` of the tokens is
     dropped before the block range and comes back after it as a learnable mask embedding
-    ``e_mask``, never as its own activation.
+    ``e_mask`` plus the fixed 2-D sin-cos embedding of its position, never as its own activation.
 
-    With ``select_blocks = [0, end)`` the blocks before ``end`` act as MaskDiT's encoder (they
-    see only the kept tokens) and the blocks after it as its decoder (all tokens, masked ones
-    as ``e_mask``).  Training adds MaskDiT's auxiliary MAE loss, ``mae_weight`` times the mean
-    squared error of the output on the masked tokens against the network's input tokens
-    (the noisy x_t patches), and the denoising objective sees only the visible tokens: the
-    output of masked tokens is detached so their denoising error carries no gradient
-    (MaskDiT's DSM-on-visible-tokens; the logged loss still averages over all pixels).
+    Without a decoder (``decoder_depth = 0``) the blocks before ``end`` act as MaskDiT's encoder
+    and the blocks after it as its decoder: a masked token at position s re-enters as
+    ``e_mask + p_s`` (the kept ones carry p_s since the patch embedding), so masked positions differ
+    and gamma = 0 is exactly the dense forward.  With ``decoder_depth > 0`` the backbone adds
+    MaskDiT's decoder (``models/maskdit.py`` l. 536-548): every block is the encoder, the kept
+    tokens are projected to ``decoder_dim``, the masked ones filled with ``e_mask`` (of that width),
+    the decoder's position embedding is added to *every* token, and ``decoder_depth`` DiT blocks run
+    on all of them before the final layer -- also at gamma = 0 and in eval mode, as in MaskDiT.
+
+    Training adds MaskDiT's MAE loss, ``mae_weight`` times the per-patch MSE of the output on the
+    masked tokens against the network's input tokens (the noisy x_t patches), normalised per patch
+    when ``norm_target`` (MaskDiT's default); the denoising objective sees only the visible tokens:
+    the output of masked tokens is detached so their denoising error carries no gradient (MaskDiT's
+    DSM-on-visible-tokens; the logged loss still averages over all pixels).
     """
 
     def __init__(self, gamma: float = 0.5, inference_gamma: float = 0.0, mae_weight: float = 0.1,
-                 dim: int | None = None) -> None:
+                 norm_target: bool = True, decoder_depth: int = 0, decoder_dim: int | None = None,
+                 decoder_heads: int | None = None, dim: int | None = None,
+                 positions: Callable[[int], torch.Tensor] | None = None) -> None:
         super().__init__(gamma=gamma, inference_gamma=inference_gamma)
         if float(mae_weight) < 0:
             raise ConfigError(f"backbone.token_selector_kwargs.mae_weight must be >= 0, got {mae_weight}")
         if dim is None:
             raise ConfigError("backbone.token_selector: random_mask needs the token width (dim)",
                               hint="build it through the DiT backbone, which passes hidden_size")
-        self.mae_weight = float(mae_weight)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, int(dim)))                # e_mask (1, 1, D)
+        self.mae_weight, self.norm_target = float(mae_weight), bool(norm_target)
+        self.decoder = _decoder_spec(int(decoder_depth), decoder_dim, decoder_heads, int(dim))
+        width = self.decoder.dim if self.decoder is not None else int(dim)             # width of restored tokens
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))                       # e_mask (1, 1, width)
         nn.init.normal_(self.mask_token, std=0.02)
+        # p_s of every position at that width (1, S, width); absent when built only to read the config
+        self.register_buffer("pos_embed", None if positions is None else positions(width)[None], persistent=False)
 
     def init_weights(self) -> None:
         """Re-draw ``e_mask`` after the backbone's generic init (which visits every submodule)."""
         nn.init.normal_(self.mask_token, std=0.02)
 
     def restore(self, processed: torch.Tensor, x_full: torch.Tensor, state: State) -> torch.Tensor:
-        """Kept tokens return processed; dropped ones become ``e_mask`` (their activation is gone)."""
-        if state is None:
-            return processed
+        """Kept tokens return processed; masked ones become ``e_mask`` (their activation is gone), with position.
+
+        No decoder: masked tokens get ``e_mask + p_s``.  Decoder: ``p_s`` (the decoder position
+        embedding) is added to every token, the kept ones included (MaskDiT l. 543-545).
+        """
+        if self.decoder is None and state is None:
+            return processed  # gamma = 0: the very same tensor, so the forward is bit-identical to the dense one
+        if self.pos_embed is None:
+            raise RuntimeError("random_mask was built without the backbone's position table (positions=)")
+        pos = self.pos_embed.to(processed.dtype)                                        # (1, S, width)
         base = self.mask_token.to(processed.dtype).expand(x_full.shape[0], x_full.shape[1], -1)
-        return super().restore(processed, base, state)
+        if self.decoder is None:
+            return super().restore(processed, base + pos, state)
+        return super().restore(processed, base, state) + pos
 
     def finish(self, out: torch.Tensor, target: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, P) tokens: detach the masked ones and add the MAE loss on them (training only)."""
         if state is None or not self.training:
             return out, out.new_zeros(())
-        masked = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)   # (B, S)
-        masked.scatter_(1, state, False)
-        m = masked.unsqueeze(-1)
-        mae = ((out - target) ** 2).mean(-1)[masked].mean() if bool(masked.any()) else out.new_zeros(())
-        return torch.where(m, out.detach(), out), self.mae_weight * mae
+        masked = torch.ones(out.shape[:2], dtype=torch.bool, device=out.device).scatter_(1, state, False)  # (B, S)
+        mae = self.mae_loss(out, target, masked)
+        return torch.where(masked.unsqueeze(-1), out.detach(), out), self.mae_weight * mae
+
+    def mae_loss(self, out: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """MaskDiT's MAE term (``train_utils/loss.py`` l. 88-101): the MSE of each patch, averaged over a
+        sample's masked patches (``masked`` (B, S), each row non-empty), then over the batch."""
+        if self.norm_target:
+            target = normalized_patches(target)
+        per_patch = ((out - target) ** 2).mean(dim=-1)                                  # (B, S)
+        m = masked.to(per_patch.dtype)
+        return ((per_patch * m).sum(dim=1) / m.sum(dim=1)).mean()
+
+
+def _decoder_spec(depth: int, width: int | None, heads: int | None, dim: int) -> DecoderSpec | None:
+    """``random_mask``'s decoder options as a :class:`DecoderSpec` (None without one); one-line ConfigErrors."""
+    key = "backbone.token_selector_kwargs"
+    if depth < 0:
+        raise ConfigError(f"{key}.decoder_depth must be >= 0, got {depth}")
+    if depth == 0:
+        if width is not None or heads is not None:
+            raise ConfigError(f"{key}.decoder_dim / decoder_heads need decoder_depth > 0 (MaskDiT's decoder)")
+        return None
+    width = dim if width is None else int(width)
+    if width <= 0 or width % 4:
+        raise ConfigError(f"{key}.decoder_dim must be a positive multiple of 4 (2-D sin-cos embedding), got {width}")
+    if heads is not None and (int(heads) <= 0 or width % int(heads)):
+        raise ConfigError(f"{key}.decoder_heads must divide decoder_dim={width}, got {heads}")
+    return DecoderSpec(depth, width, None if heads is None else int(heads))
 
 
 def build_token_selector(name: str | None, kwargs: dict[str, Any] | None = None, *,
-                         dim: int | None = None) -> TokenSelector | None:
+                         dim: int | None = None,
+                         positions: Callable[[int], torch.Tensor] | None = None) -> TokenSelector | None:
     """Instantiate the registered selector ``name`` (``None`` -> no selector); one-line ConfigErrors.
 
-    ``dim`` (the token width) goes to selectors that take it (a learnable mask embedding).
+    ``dim`` (the token width) and ``positions`` (the backbone's fixed position embedding at a
+    given width, (S, width)) go to selectors that take them (a learnable mask embedding that
+    must carry its position).
     """
     if name is None:
         return None
@@ -224,11 +304,11 @@ def build_token_selector(name: str | None, kwargs: dict[str, Any] | None = None,
         cls = get("token_selector", name)
     except RegistryError as err:
         raise ConfigError(f"backbone.token_selector: {err.message}") from None
-    import inspect
-
     kwargs = dict(kwargs or {})
-    if dim is not None and "dim" in inspect.signature(cls).parameters:
-        kwargs.setdefault("dim", int(dim))
+    params = inspect.signature(cls).parameters
+    for key, value in (("dim", None if dim is None else int(dim)), ("positions", positions)):
+        if value is not None and key in params:
+            kwargs.setdefault(key, value)
     try:
         return cls(**kwargs)
     except TypeError as err:
