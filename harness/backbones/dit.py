@@ -19,6 +19,10 @@ Conventions (harness-wide): ``forward(x, t, y=None)``, ``t`` in [0, 1] embedded 
 sinusoids of ``1000 t`` (DiT's timestep scale), ``y = None`` -> the null class
 ``num_classes`` (CFG).  The null class is always in the table; label dropout is the
 trainer's job.
+
+Three keys exist for released DiT/SiT weights (``backbone.init_from``,
+:mod:`harness.backbones.dit_import`) and change nothing at their defaults: ``learn_sigma``
+(DiT's extra variance channels), ``time_scale`` (SiT embeds t unscaled) and ``init_from``.
 """
 from __future__ import annotations
 
@@ -37,11 +41,15 @@ from harness.core.registry import register
 
 
 # ---------------------------------------------------------------- embeddings (shared)
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoids of ``1000 t`` (B,) -> (B, dim), ``[cos, sin]`` halves as DiT/ADM."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoids of ``scale * t`` (B,) -> (B, dim), ``[cos, sin]`` halves as DiT/ADM.
+
+    ``scale`` 1000: DiT's diffusion-step index for harness t in [0, 1]; SiT's released networks
+    embed their t in [0, 1] unscaled (SiT ``transport.py`` calls ``model(xt, t)``): ``scale`` 1.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]                       # (B, half)
+    args = scale * t.float()[:, None] * freqs[None]                        # (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
@@ -51,13 +59,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimestepEmbedder(nn.Module):
     """t (B,) -> (B, D): 256 sinusoids through a two-layer SiLU MLP (DiT)."""
 
-    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+    def __init__(self, dim: int, freq_dim: int = 256, scale: float = 1000.0) -> None:
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.scale = freq_dim, scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_embedding(t, self.freq_dim, scale=self.scale).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -189,6 +197,9 @@ class DiT(nn.Module):
     """Diffusion Transformer with adaLN-Zero (DiT); sizes S/B/L/XL live in ``conf/backbone``.
 
     ``bottleneck_dim`` (JiT) factors the patch embedding into p*p*C -> bottleneck -> D.
+    ``learn_sigma`` doubles the output channels as DiT's ``learn_sigma=True`` (DiT ``models.py``:
+    C epsilon channels, then C variance-interpolation channels for its DDPM sampler), so
+    imported DiT weights give DiT's full output.
     After each forward ``last_aux_loss`` holds the sum of the FFNs' ``aux["loss"]`` (0 for
     dense FFNs), for the trainer to add to the objective.  A masking selector that asks for
     MaskDiT's decoder gets ``mask_decoder`` after the last block, and ``final_layer`` reads its width.
@@ -211,6 +222,10 @@ class DiT(nn.Module):
                  select_blocks: tuple[int, ...] | None = None,  # [start, end); None = [2, depth-2) (TREAD),
                                                                 # [0, depth) with MaskDiT's decoder
                  checkpointing: bool = False,          # recompute each block's activations in backward (memory)
+                 learn_sigma: bool = False,            # 2C output channels: C predicted + C variance (DiT)
+                 time_scale: float = 1000.0,           # t is embedded as sinusoids of time_scale * t (SiT's release: 1)
+                 init_from: str | None = None,         # official DiT/SiT checkpoint; the trainer loads it after
+                                                       # construction (harness.backbones.dit_import), never read here
                  ) -> None:
         super().__init__()
         self.checkpointing = bool(checkpointing)
@@ -222,9 +237,11 @@ class DiT(nn.Module):
         _check(num_heads > 0 and hidden_size % num_heads == 0, "hidden_size",
                f"{hidden_size} is not divisible by num_heads={num_heads}")
         _check(hidden_size % 4 == 0, "hidden_size", f"{hidden_size} must be divisible by 4 (2-D sin-cos embedding)")
+        _check(time_scale > 0, "time_scale", f"must be > 0, got {time_scale}")
         self.in_shape, self.num_classes, self.patch_size = (C, H, W), int(num_classes), int(patch_size)
         self.grid = (H // patch_size, W // patch_size)
         self.depth, self.hidden_size = depth, hidden_size
+        self.learn_sigma, self.out_channels = bool(learn_sigma), 2 * C if learn_sigma else C
 
         p, D = patch_size, hidden_size
         if bottleneck_dim is None:
@@ -234,7 +251,7 @@ class DiT(nn.Module):
             self.x_embedder = nn.Sequential(nn.Conv2d(C, bottleneck_dim, kernel_size=p, stride=p, bias=False),
                                             nn.Conv2d(bottleneck_dim, D, kernel_size=1))
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, *self.grid)[None], persistent=False)  # (1, S, D)
-        self.t_embedder = TimestepEmbedder(D)
+        self.t_embedder = TimestepEmbedder(D, scale=float(time_scale))
         self.label_embed = LabelEmbedder(self.num_classes, D) if self.num_classes > 0 else None
 
         if ffn_layers is not None:
@@ -250,7 +267,7 @@ class DiT(nn.Module):
             DiTBlock(D, num_heads, build_ffn(ffn if i in special else "dense", D, mlp_ratio,
                                              ffn_kwargs if i in special else None), qk_norm)
             for i in range(depth))
-        self.final_layer = FinalLayer(D, p * p * C)
+        self.final_layer = FinalLayer(D, p * p * self.out_channels)
 
         self.token_selector = build_token_selector(token_selector, token_selector_kwargs, dim=D,
                                                    positions=lambda width: sincos_pos_embed_2d(width, *self.grid))
@@ -273,7 +290,7 @@ class DiT(nn.Module):
                f"the range must end at depth={depth}, got {list(self.select_blocks)}")
         _check(spec.dim % (spec.num_heads or num_heads) == 0, "token_selector_kwargs.decoder_heads",
                f"decoder_dim={spec.dim} is not divisible by {spec.num_heads or num_heads} heads")
-        self.final_layer = FinalLayer(spec.dim, p * p * C, cond_dim=D)  # MaskDiT l. 331: it reads the decoder
+        self.final_layer = FinalLayer(spec.dim, p * p * self.out_channels, cond_dim=D)  # MaskDiT l. 331: it reads the decoder
         return MaskDecoder(spec, D, num_heads, mlp_ratio, qk_norm)
 
     def initialize_weights(self) -> None:
@@ -312,8 +329,8 @@ class DiT(nn.Module):
         return self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, p*p*C) -> (B, C, H, W)."""
-        (C, H, W), p, (gh, gw) = self.in_shape, self.patch_size, self.grid
+        """(B, S, p*p*C') -> (B, C', H, W), C' = ``out_channels`` (2C with ``learn_sigma``)."""
+        (_, H, W), p, (gh, gw), C = self.in_shape, self.patch_size, self.grid, self.out_channels
         x = x.reshape(x.shape[0], gh, gw, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, H, W)
 
@@ -326,7 +343,7 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 gamma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x (B, C, H, W), t (B,), y (B,) or None -> (B, C, H, W).
+        """x (B, C, H, W), t (B,), y (B,) or None -> (B, C, H, W) ((B, 2C, H, W) with ``learn_sigma``).
 
         ``gamma`` overrides the token selector's sparsity for this call (Sparse Guidance's
         strong/weak branches); ``generator`` draws the selector's random subsets.

@@ -113,8 +113,10 @@ class TrainConfig:
     workers: int = 0                  # DataLoader worker processes; 0 = fetch in the training process
 
     def check(self, p: str) -> None:
-        positive(p, steps=self.steps, batch_size=self.batch_size, lr=self.lr, checkpoint_every=self.checkpoint_every,
+        positive(p, batch_size=self.batch_size, lr=self.lr, checkpoint_every=self.checkpoint_every,
                  keep_checkpoints=self.keep_checkpoints, log_every=self.log_every)
+        if self.steps < 0:  # 0 evaluates a released model as imported; UnitSpec requires backbone.init_from for it
+            raise ConfigError(f"{p}.steps must be > 0, got {self.steps} (0 only with backbone.init_from: a released model)")
         if self.batch_gpu is not None and self.batch_gpu <= 0:
             raise ConfigError(f"{p}.batch_gpu must be > 0 or null, got {self.batch_gpu}")
         if self.workers < 0:

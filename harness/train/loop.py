@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 
 from harness.backbones.build import build_backbone
+from harness.backbones.dit_import import import_official
 from harness.core import dist
 from harness.core.errors import CheckpointError, HarnessError
 from harness.core.files import sha256_file, write_json_atomic
@@ -46,6 +47,14 @@ def build_model_for(spec: UnitSpec, shape: tuple[int, ...], num_classes: int) ->
     return build_backbone(spec.backbone, shape, num_classes)
 
 
+def load_init(model: torch.nn.Module, spec: UnitSpec) -> Optional[dict[str, Any]]:
+    """Load ``backbone.init_from`` (an official DiT/SiT checkpoint) over the seed's weights; what was read, or None."""
+    path = spec.backbone.get("init_from")
+    if path is None:
+        return None
+    return dict(import_official(model, path).to_dict(), sha256=sha256_file(path, memo=True))
+
+
 def micro_batches(per_rank: int, batch_gpu: Optional[int]) -> list[slice]:
     """Accumulation rounds of one rank's batch: slices of at most ``batch_gpu`` items (one round when None)."""
     size = per_rank if not batch_gpu else int(batch_gpu)
@@ -62,6 +71,9 @@ def _oom_error(step: int, per_rank: int, batch_gpu: Optional[int]) -> HarnessErr
 def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run_id: Optional[str] = None,
                progress: bool = True, stop_after: Optional[int] = None) -> dict[str, Any]:
     """Train one unit to ``spec.train['steps']``, resuming from its latest good checkpoint.
+
+    With ``backbone.init_from`` training starts from that checkpoint's weights (EMA included); with
+    ``train.steps=0`` as well, they are saved as the unit's step-0 checkpoint (a released model).
 
     Collective under ``torch.distributed``: every rank calls it.  Returns the completion record
     (written to ``<unit>/done.json`` by rank 0).  ``stop_after`` stops early after that many steps in
@@ -81,7 +93,9 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     per_rank = dist.check_divides(int(tc["batch_size"]), "train.batch_size")
     rounds = micro_batches(per_rank, tc.get("batch_gpu"))
     objective = build_objective(spec.objective)
-    model = build_model_for(spec, tuple(dataset.shape), dataset.num_classes).to(device)
+    model = build_model_for(spec, tuple(dataset.shape), dataset.num_classes)
+    imported = load_init(model, spec)   # before the EMA copies the weights
+    model = model.to(device)
     stds = list(tc.get("ema_std") or [])
     power = PowerEMA(model, stds) if stds else None                      # EDM2's power-function profiles
     ema = copy.deepcopy(model).requires_grad_(False) if not stds and tc.get("ema_decay") else None   # fixed decay
@@ -174,12 +188,17 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
                 guard.hand_on(done)
     if bar is not None:
         bar.close()
+    if total == 0:  # a released model, evaluated as imported: its weights are the unit's checkpoint
+        if rank == 0:
+            _save(unit_dir, 0, model, ema, power, opt, meta, tc, resumed_from=start)
+        dist.barrier()
     if end < total:
         return {"finished": False, "step": end, "resumed_from": start}
     final = sorted(unit_dir.glob("ckpt_*.pt"))[-1]
     record = {"finished": True, "step": total, "checkpoint": final.name, "sha256": sha256_file(final),
               "hash": spec.hash, "label": spec.label, "data_shape": meta["data_shape"], "num_classes": dataset.num_classes,
-              "mlflow_run_id": run_id, "resumed_from": start, "world_size": world}
+              "mlflow_run_id": run_id, "resumed_from": start, "world_size": world,
+              **({"init_from": imported} if imported else {})}
     if rank == 0:
         write_json_atomic(unit_dir / "done.json", record)
     dist.barrier()

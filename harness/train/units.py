@@ -3,7 +3,8 @@
 A unit's identity is the SHA-256 of exactly the inputs that determine its weights
 (DESIGN.md; STYLE practice 9), so identical units are trained once and reused, and a
 boundary sweep retrains only the experts whose interval moved.  Keys that do not change
-the weights (logging, checkpoint cadence, progress bars) are left out of the hash.
+the weights (logging, checkpoint cadence, progress bars) are left out of the hash.  A unit
+initialised from a checkpoint (``backbone.init_from``) is identified by that file's bytes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from harness.core.errors import ConfigError
+from harness.core.files import sha256_file
 from harness.core.hashing import content_hash
 from harness.core.versions import CONFIG_VERSION, HASH_VERSION
 
@@ -33,9 +36,15 @@ class UnitSpec:
     train: dict[str, Any]           # train node (non-weight keys are ignored by the hash)
     interval: tuple[float, float] = (0.0, 1.0)  # t range sampled during training (seed 000, Alg. 1)
 
+    def __post_init__(self) -> None:
+        """``train.steps=0`` (legal in TrainConfig) trains nothing: only a released model, imported, is such a unit."""
+        if int(self.train.get("steps", 1)) == 0 and self.backbone.get("init_from") is None:
+            raise ConfigError("train.steps=0 trains nothing: it evaluates a released model, which needs backbone.init_from",
+                              hint="set train.steps > 0, or +backbone.init_from=<official DiT/SiT checkpoint>")
+
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in NON_WEIGHT_TRAIN_KEYS}
-        backbone = {k: v for k, v in self.backbone.items() if k not in NON_WEIGHT_BACKBONE_KEYS}
+        backbone = backbone_identity(self.backbone)
         data = {k: v for k, v in self.data.items() if k not in NON_WEIGHT_DATA_KEYS}
         return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": data,
                 "backbone": backbone, "objective": self.objective, "train": train,
@@ -50,6 +59,22 @@ class UnitSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.identity(), label=self.label, hash=self.hash)
+
+
+def backbone_identity(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone node as hashed: keys that change only how it trains dropped, and ``init_from`` replaced by
+    ``init_from_sha256``, the file's digest (a moved checkpoint is the same unit, an edited one is not).
+
+    ``init_from: null`` is the seed's initialisation: dropped, so such units hash as before the key existed.
+    """
+    out = {k: v for k, v in node.items() if k not in NON_WEIGHT_BACKBONE_KEYS and k != "init_from"}
+    if node.get("init_from") is not None:
+        path = Path(str(node["init_from"])).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"backbone.init_from: {node['init_from']} does not exist",
+                              hint="point it at an official DiT/SiT checkpoint (.pt)")
+        out["init_from_sha256"] = sha256_file(path, memo=True)
+    return out
 
 
 def unit_from_config(cfg: Mapping[str, Any], label: str, interval: tuple[float, float] = (0.0, 1.0),
