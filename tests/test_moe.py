@@ -336,6 +336,11 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump([g.tolist() for g in gathered], f)
+    # Release DDP's reducer (it holds the gloo group and its worker threads) while every rank is
+    # still alive: tearing it down at interpreter exit, after destroy_process_group, aborted rank 0
+    # once in CI ("terminate called without an active exception").
+    torch.distributed.barrier()
+    del model, opt
     torch.distributed.destroy_process_group()
 
 
