@@ -7,10 +7,13 @@ Heavy imports happen inside commands, so ``harness --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from harness.core.errors import HarnessError
 
@@ -285,18 +288,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised where the command is (exit code 128 + 15), so its ``finally`` blocks run.
+
+    Without it SIGTERM kills the process on the spot: MLflow runs stay RUNNING and child processes
+    live on.  A training loop defers it to the next step boundary, checkpoints, then hands it here
+    (:mod:`harness.train.preemption`); a local sweep driver defers it until its jobs have stopped.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + int(signum))
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    """Raise once; a second SIGTERM while the first unwinds (ending MLflow runs, stopping jobs) is ignored."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while a command runs (signals can only be set in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from harness.core import dist
+    from harness.train.preemption import Preempted
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        with _sigterm_raises():
+            return int(args.fn(args) or 0)
     except HarnessError as err:
         print(f"error: {err.one_line()}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Preempted, Terminated) as err:   # Ctrl-C, SIGUSR2/SIGTERM: stopped, not failed
         print("interrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
+        return 130 if isinstance(err, KeyboardInterrupt) else int(err.code)
     finally:
         dist.shutdown()
 

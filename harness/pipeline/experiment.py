@@ -17,7 +17,7 @@ from harness.core.hashing import content_hash
 from harness.data.cache import DatasetCache
 from harness.pipeline.assemble import assemble, experiment_units, method_for
 from harness.pipeline.cost import log_cost
-from harness.pipeline.training import resume_or_start_run, train_units
+from harness.pipeline.training import end_status, resume_or_start_run, train_units
 
 
 def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
@@ -65,9 +65,9 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
                                       "guidance": build_guidance(cfg).describe()}, "units.json")
         result = evaluate_field(field, cfg, datasets=datasets, tracker=tracker, run_id=parent)
         result = dict(result, cost=dist.broadcast(log_cost(cfg, method, tracker, parent) if main else None))
-    except BaseException:
+    except BaseException as err:
         if main:
-            tracker.end_run(parent, status="FAILED")
+            tracker.end_run(parent, status=end_status(err))   # KILLED when stopped by a signal or Ctrl-C
         raise
     if main:
         done_tags = {"harness.units_trained": len(counts["trained"]), "harness.units_reused": len(counts["reused"])}

@@ -33,6 +33,15 @@ def resume_or_start_run(path: Path, tracker, name: str, *, parent_id: Optional[s
     return run_id
 
 
+def end_status(err: BaseException) -> str:
+    """The MLflow status of a run that ``err`` ends: KILLED when the process was asked to stop, else FAILED.
+
+    Ctrl-C, SIGTERM and preemption reach here as KeyboardInterrupt or SystemExit (the training loop's
+    ``Preempted``, the CLI's ``Terminated``, submitit's requeue exit); a re-run resumes the run either way.
+    """
+    return "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
 @contextlib.contextmanager
 def claim_unit(unit_dir: Path, poll_s: float = 2.0) -> Iterator[bool]:
     """Yield False if the unit is finished, else True while this job holds the unit's lock (rank 0 holds it).
@@ -92,9 +101,14 @@ def train_units(units: Mapping[str, UnitSpec], cfg: Mapping[str, Any], *, tracke
                 tags = {"harness.kind": "unit", "harness.unit_hash": spec.hash, "harness.role": role, **git_info()}
                 run_id = resume_or_start_run(unit_dir / "mlflow_run.json", tracker, f"unit:{spec.label}",
                                              parent_id=parent_id, tags=tags, params=spec.to_dict())
-            train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker if main else None, run_id=run_id,
-                       progress=bool(cfg["run"]["progress"]))
-            if tracker is not None and main:
+            try:
+                train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker if main else None, run_id=run_id,
+                           progress=bool(cfg["run"]["progress"]))
+            except BaseException as err:
+                if run_id is not None:
+                    tracker.end_run(run_id, status=end_status(err))
+                raise
+            if run_id is not None:
                 tracker.end_run(run_id)
         trained.append(role)
     return {"trained": trained, "reused": reused}

@@ -7,23 +7,26 @@ across cells -> evaluate) -> launch -> summary table (+ PNG) recorded in the swe
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from harness.core.errors import ConfigError
 from harness.core.files import write_json_atomic
 from harness.core.registry import registry, suggest
 from harness.launch.base import Launcher, Outcome, Stage, Task, describe_dag
 from harness.pipeline.assemble import experiment_units, method_for
+from harness.pipeline.training import end_status
 from harness.sweep import state
 from harness.sweep.load import Sweep, load_sweep, sweep_run
 from harness.sweep.search import run_search
 from harness.sweep.spec import Cell
 from harness.sweep.summary import finish_summary
 from harness.sweep.tasks import SweepTask
+from harness.track import Tracker
 from harness.train.units import done_record
 
 
@@ -112,17 +115,33 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
     run_id = sweep_run(sweep)
     if detach and not launch.detaches:  # a launcher that cannot submit and exit: run the driver in the background
         return _detach_local(sweep, path, name, rerun_failed, force, max_parallel, echo)
-    stages, before = plan(sweep, force=force, rerun_failed=rerun_failed, sweep_run_id=run_id)
-    echo(_dag(stages))
-    outcome: Outcome = launch.run(stages, sweep.dir, SweepTask(), detach=detach)
-    if outcome.jobs:
-        prev = state.read_json(sweep.dir / "jobs.json") or {}
-        write_json_atomic(sweep.dir / "jobs.json", {**prev, **{k: v for k, v in outcome.jobs.items()}, "launcher": name})
-    if outcome.detached:
-        echo(f"submitted; follow with: harness status {path}")
-        return {"sweep": sweep, "stages": stages, "before": before, "outcome": outcome}
-    summary = finish_summary(sweep, run_id, echo=echo)
+    with _run_ends_if_interrupted(sweep, run_id):
+        stages, before = plan(sweep, force=force, rerun_failed=rerun_failed, sweep_run_id=run_id)
+        echo(_dag(stages))
+        outcome: Outcome = launch.run(stages, sweep.dir, SweepTask(), detach=detach)
+        if outcome.jobs:
+            prev = state.read_json(sweep.dir / "jobs.json") or {}
+            write_json_atomic(sweep.dir / "jobs.json", {**prev, **{k: v for k, v in outcome.jobs.items()}, "launcher": name})
+        if outcome.detached:
+            echo(f"submitted; follow with: harness status {path}")
+            return {"sweep": sweep, "stages": stages, "before": before, "outcome": outcome}
+        summary = finish_summary(sweep, run_id, echo=echo)
     return {"sweep": sweep, "stages": stages, "before": before, "outcome": outcome, "summary": summary}
+
+
+@contextlib.contextmanager
+def _run_ends_if_interrupted(sweep: Sweep, run_id: str) -> Iterator[None]:
+    """End the sweep's MLflow run KILLED (SIGTERM, Ctrl-C) or FAILED when the driver stops early, not leave it RUNNING.
+
+    By then a launcher has stopped its jobs (``harness.launch.local.Jobs``); re-running the same command
+    resumes this run and the unfinished cells.
+    """
+    try:
+        yield
+    except BaseException as err:
+        cfg = sweep.base_cfg
+        Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"]).end_run(run_id, status=end_status(err))
+        raise
 
 
 def _dag(stages: Sequence[Stage]) -> str:

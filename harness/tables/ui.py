@@ -1,22 +1,25 @@
 """``harness ui``: the MLflow UI on 127.0.0.1 over the project's store (DESIGN.md, Commands users run).
 
 Binds to localhost unless told otherwise; checks the port before starting (a port in use is one line
-naming a free one); waits for ``/health`` (FINDINGS: 9–31 s here) before printing the URL; Ctrl-C stops
-the server's whole process group, so no gunicorn/uvicorn worker is left behind.  Bound to another
+naming a free one); waits for ``/health`` (FINDINGS: 9–31 s here) before printing the URL; Ctrl-C or
+SIGTERM stops the server's whole process group (its own session), and ``harness ui`` returns only once
+no process of it is left, so no uvicorn worker is left behind and the port is free.  Bound to another
 interface it is the tracking server of a cluster's jobs (README, Tracking on a cluster): see ``ui_command``.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from harness.core.errors import HarnessError
 from harness.tables.runs import StoreError, check_store, sqlite_path
@@ -132,51 +135,107 @@ def start_ui(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, cluster: b
 
 
 def stop_ui(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
-    """Stop the server's process group: SIGINT (what Ctrl-C sends), then SIGTERM, then SIGKILL."""
-    for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
-        if proc.poll() is not None:
-            return
+    """Stop the server's process group: SIGINT (what Ctrl-C sends), then SIGTERM, then SIGKILL.
+
+    Returns once no process of the group runs, not when the ``mlflow`` process exits: the uvicorn
+    worker it started holds the port and may outlive it by a moment.
+    """
+    for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
+        if _wait_group(proc, wait_s):
+            break
+    proc.poll()
+
+
+def _wait_group(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait until the process group led by ``proc`` is empty (reaping the leader); False on timeout."""
+    deadline = time.time() + timeout_s
+    while True:
+        proc.poll()
+        if not _group_alive(proc.pid):
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs; zombies, which hold no port, do not count (Linux /proc)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc").is_dir():
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            fields = stat.read_text().rsplit(")", 1)[1].split()   # state, ppid, pgrp, ... after "pid (comm)"
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _signals(handler: Any) -> Iterator[None]:
+    """Set SIGINT and SIGTERM to ``handler`` inside the block (main thread only: elsewhere they cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable[[str], None] = print,
           log: Optional[Path] = None, experiment: Optional[str] = None) -> int:
-    """Start, wait until healthy, print the URL, then block until Ctrl-C (exit 0) or the server dies.
+    """Start, wait until healthy, print the URL, then block until Ctrl-C or SIGTERM (exit 0) or the server dies.
 
     ``experiment``: an MLflow experiment name whose runs page is printed too (MLflow 3 opens an
     experiment on its GenAI overview; the runs page is where a sweep's runs are compared).
     ``host`` other than loopback: the cluster's tracking server (``ui_command``); the URI jobs use is printed.
+    SIGTERM stops it as Ctrl-C does; while the server's group is being stopped further signals are
+    ignored, so a second Ctrl-C cannot leave a worker holding the port.
     """
     cluster = not is_loopback(host)
-    proc, url = start_ui(uri, port, host=host, cluster=cluster, log=log)
-    try:
-        say(f"starting the MLflow UI on {url} (store {uri}) ...")
-        if not wait_healthy(url, proc):
-            code = proc.poll()
-            stop_ui(proc)
-            raise StoreError(f"the MLflow UI did not come up on {url}" + (f" (exit code {code})" if code is not None else ""),
-                             hint=f"see {log}" if log else "run `mlflow ui` by hand to see its output")
-        say(f"MLflow UI: {url}  (Ctrl-C stops it)")
-        if cluster:
-            say(f"jobs log here with: export MLFLOW_TRACKING_URI={jobs_uri(host, port)}")
-        runs_page = _runs_page(uri, experiment)
-        if runs_page:
-            say(f"runs of {experiment!r}: {url}/{runs_page}")
-        proc.wait()
-        return 0 if proc.returncode in (0, -signal.SIGTERM, -signal.SIGINT) else 1
-    except KeyboardInterrupt:
-        say("stopping the MLflow UI")
-        return 0
-    finally:
-        stop_ui(proc)
+    with _signals(signal.default_int_handler):   # SIGTERM raises KeyboardInterrupt too
+        proc, url = start_ui(uri, port, host=host, cluster=cluster, log=log)
+        try:
+            return _watch(proc, url, uri, cluster=cluster, host=host, port=port, say=say, log=log,
+                          experiment=experiment)
+        except KeyboardInterrupt:
+            say("stopping the MLflow UI")
+            return 0
+        finally:
+            with _signals(signal.SIG_IGN):
+                stop_ui(proc)
+
+
+def _watch(proc: subprocess.Popen, url: str, uri: str, *, cluster: bool, host: str, port: int,
+           say: Callable[[str], None], log: Optional[Path], experiment: Optional[str]) -> int:
+    """Wait until healthy, print where the UI is, then until the server exits: 0 if it was stopped, else 1."""
+    say(f"starting the MLflow UI on {url} (store {uri}) ...")
+    if not wait_healthy(url, proc):
+        code = proc.poll()
+        raise StoreError(f"the MLflow UI did not come up on {url}" + (f" (exit code {code})" if code is not None else ""),
+                         hint=f"see {log}" if log else "run `mlflow ui` by hand to see its output")
+    say(f"MLflow UI: {url}  (Ctrl-C stops it)")
+    if cluster:
+        say(f"jobs log here with: export MLFLOW_TRACKING_URI={jobs_uri(host, port)}")
+    runs_page = _runs_page(uri, experiment)
+    if runs_page:
+        say(f"runs of {experiment!r}: {url}/{runs_page}")
+    proc.wait()
+    return 0 if proc.returncode in (0, -signal.SIGTERM, -signal.SIGINT) else 1
 
 
 def _runs_page(uri: str, experiment: Optional[str]) -> Optional[str]:
