@@ -174,6 +174,7 @@ def validate(cfg: Any) -> dict[str, Any]:
         check_plugin_node(node_name, kind, plain[node_name])
     check_data_root(plain["data"])
     check_data_params(plain["data"])
+    check_exact_metric_data(plain)
     for node_name in ("method", "guidance"):  # cross-key invariants, through the registry (the engine names no plug-in)
         node = plain.get(node_name)
         if node:
@@ -196,6 +197,14 @@ def check_data_params(data: Mapping[str, Any]) -> None:
     check = getattr(get("dataset", data["name"]), "check_params", None)
     if check is not None:
         check(**{k: v for k, v in data.items() if k != "name" and k not in DATA_GENERIC_KEYS})
+
+
+def check_exact_metric_data(cfg: Mapping[str, Any]) -> None:
+    """``eval.metrics`` nll / velocity_error need a dataset with a closed form (its factory's ``closed_form``)."""
+    asked = [m for m in cfg["eval"].get("metrics") or [] if m in ("nll", "velocity_error")]
+    if asked and not getattr(get("dataset", cfg["data"]["name"]), "closed_form", False):
+        raise ConfigError(f"eval.metrics: {', '.join(asked)} need data with a closed-form density and velocity; "
+                          f"data={cfg['data']['name']} has none", hint="use data=gaussian_mixture, or drop them")
 
 
 def check_data_root(data: Mapping[str, Any]) -> None:

@@ -198,3 +198,4 @@ def check_params(*, dim: int = 2, means: list[list[float]] | None = None, stds: 
 
 
 gaussian_mixture.check_params = check_params  # type: ignore[attr-defined]  (read by harness.config.compose)
+gaussian_mixture.closed_form = True  # type: ignore[attr-defined]  (exact-field metrics: harness/evaluate/exact.py)

@@ -27,6 +27,7 @@ from harness.core.files import sha256_file, write_atomic
 from harness.core.hashing import content_hash
 from harness.core.registry import get
 from harness.core.versions import PROTOCOL_VERSION
+from harness.evaluate.exact import check_exact_metrics, exact_metrics
 from harness.evaluate.images import check_metric_reference, image_protocol, to_metric_images
 from harness.sample import generate
 
@@ -273,6 +274,7 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
     ev = cfg["eval"]
     dataset = datasets.get(cfg["data"])
     check_metric_reference(ev, dataset)  # decoded latents need an ADM reference batch at their resolution
+    check_exact_metrics(ev, dataset)
     reset_routing_stats(field)
     device = eval_device(cfg)
     extractor = build_extractor(cfg, device) if ev["metrics"] else None
@@ -286,6 +288,9 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
         else:
             result = score_features(s.features, cfg, datasets, extractor=extractor, nfe=s.nfe, images=images)
         result["metrics"].update(routing_metrics(field, totals))
+        exact, exact_proto = exact_metrics(field, dataset, ev, s.features, device=device)   # the mixture's closed form
+        result["metrics"].update(exact)
+        result["protocol"].update(exact_proto)
         if tracker is not None and run_id is not None:
             tracker.log_metrics(run_id, result["metrics"])
             tracker.log_params(run_id, {f"protocol.{k}": v for k, v in result["protocol"].items()})

@@ -28,6 +28,7 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
     Collective under ``torch.distributed``: every rank trains its share of each unit's batches and
     samples its share of the seeds; rank 0 alone opens the MLflow runs, writes files and logs.
     """
+    from harness.evaluate.exact import check_exact_metrics
     from harness.evaluate.images import check_metric_reference
     from harness.evaluate.pipeline import eval_device, evaluate_field
     from harness.track import Tracker, flatten, git_diff, git_info
@@ -36,6 +37,7 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
     main, world = dist.is_main(), dist.world()
     datasets = DatasetCache()
     check_metric_reference(cfg["eval"], datasets.get(cfg["data"]))  # a missing dataset or reference fails here,
+    check_exact_metrics(cfg["eval"], datasets.get(cfg["data"]))     # (exact-field metrics need the analytic mixture)
     dist.check_divides(int(cfg["train"]["batch_size"]), "train.batch_size")   # ... a world size that cannot split the
     # batch too: before anything is written
     workdir = Path(cfg["paths"]["workdir"])
@@ -76,4 +78,5 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
         tracker.set_tags(parent, done_tags)
         tracker.end_run(parent)
     return {"run_id": parent, "name": name, "method": cfg["method"]["name"], "units_trained": len(counts["trained"]),
-            "units_reused": len(counts["reused"]), "seconds": round(time.time() - t0, 1), "world_size": world, **result}
+            "units_reused": len(counts["reused"]), "seconds": round(time.time() - t0, 1), "world_size": world,
+            "method_info": method.describe(), **result}

@@ -22,6 +22,7 @@ from harness.pipeline.assemble import experiment_units, method_for
 from harness.pipeline.training import end_status
 from harness.sweep import state
 from harness.sweep.load import Sweep, load_sweep, sweep_run
+from harness.sweep.results import export_cells, import_cells, sweep_record_report
 from harness.sweep.search import run_search
 from harness.sweep.spec import Cell
 from harness.sweep.summary import finish_summary
@@ -111,7 +112,11 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
         echo(launch.dry_run(stages, sweep.dir))
         return {"sweep": sweep, "stages": stages, "before": before, "outcome": None}
     state.write_sweep_record(sweep.dir, {"name": sweep.spec.name, "file": str(Path(sweep.spec.path).resolve()),
+                                         "base": sweep.spec.base, "report": sweep_record_report(sweep.spec.report),
                                          "cells": [c.to_dict() for c in sweep.cells]})
+    imported = import_cells(sweep)   # cells finished on another machine, from the committed results file
+    if imported:
+        echo(f"{imported} cell(s) finished in {sweep.spec.report['results']}: not run again")
     run_id = sweep_run(sweep)
     if detach and not launch.detaches:  # a launcher that cannot submit and exit: run the driver in the background
         return _detach_local(sweep, path, name, rerun_failed, force, max_parallel, echo)
@@ -125,6 +130,9 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
         if outcome.detached:
             echo(f"submitted; follow with: harness status {path}")
             return {"sweep": sweep, "stages": stages, "before": before, "outcome": outcome}
+        exported = export_cells(sweep)
+        if exported:
+            echo(f"results: {exported} (harness table --report {path} renders the report)")
         summary = finish_summary(sweep, run_id, echo=echo)
     return {"sweep": sweep, "stages": stages, "before": before, "outcome": outcome, "summary": summary}
 

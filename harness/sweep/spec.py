@@ -24,6 +24,7 @@ Format of ``sweeps/NAME.yaml`` (every key but ``base`` is optional; unknown keys
       space: {method.boundaries: {type: ordered, n: 2, low: 0.02, high: 0.98}}
     metric: fd                      # metric shown in the summary: a name, or a prefix ("fd" -> fd_raw_2000)
     plot: {x: delta, hue: boundary} # optional: columns of the cells' labels for the PNG (1-D / 2-D sweeps)
+    report: {...}                   # optional: the reproduction report's table spec (harness/sweep/report_spec.py)
 
 Cells: the list entries (or one empty cell) crossed with the grid (or one empty point), plus the
 derived cells.  A cell is ``base + cell overrides`` as Hydra override strings (so ``method=naive_split``
@@ -41,10 +42,11 @@ from typing import Any, Mapping, Optional, Sequence
 from harness.config import hydra_value
 from harness.core.errors import ConfigError
 from harness.core.registry import suggest
+from harness.sweep.report_spec import check_report
 from harness.train.units import NON_WEIGHT_BACKBONE_KEYS, NON_WEIGHT_TRAIN_KEYS
 from harness.core.hashing import content_hash
 
-SWEEP_KEYS = ("name", "description", "base", "grid", "list", "derive", "optuna", "metric", "plot")
+SWEEP_KEYS = ("name", "description", "base", "grid", "list", "derive", "optuna", "metric", "plot", "report")
 # config nodes that cannot change a result: bookkeeping, where files go, how jobs are launched
 NON_RESULT_NODES = ("run", "tracking", "launcher", "paths")
 CELL_HASH_VERSION = 1
@@ -77,6 +79,7 @@ class SweepSpec:
     optuna: Optional[dict[str, Any]]
     metric: Optional[str]
     plot: dict[str, Any]
+    report: Optional[dict[str, Any]] = None   # checked table spec (harness.sweep.report_spec), or None
 
 
 def _as_overrides(where: str, obj: Any) -> dict[str, str]:
@@ -130,11 +133,13 @@ def read_spec(path: Path | str) -> SweepSpec:
     for key in ("derive", "optuna", "plot"):
         if raw.get(key) is not None and not isinstance(raw[key], Mapping):
             raise ConfigError(f"{path}: {key}: expected a mapping, got {type(raw[key]).__name__}")
-    return SweepSpec(path=path, name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
+    name = str(raw.get("name") or path.stem)
+    return SweepSpec(path=path, name=name, description=str(raw.get("description") or ""),
                      base=[f"{k}={v}" for k, v in base.items()], grid=grid, entries=entries,
                      derive=dict(raw["derive"]) if raw.get("derive") else None,
                      optuna=dict(raw["optuna"]) if raw.get("optuna") else None,
-                     metric=raw.get("metric"), plot=dict(raw.get("plot") or {}))
+                     metric=raw.get("metric"), plot=dict(raw.get("plot") or {}),
+                     report=check_report(path, name, raw.get("report")))
 
 
 def result_config(cfg: Mapping[str, Any]) -> dict[str, Any]:

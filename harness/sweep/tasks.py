@@ -24,6 +24,7 @@ from harness.pipeline.assemble import experiment_units, method_for
 from harness.pipeline.experiment import run_experiment
 from harness.pipeline.training import train_units
 from harness.sweep import state
+from harness.sweep.results import export_cell
 from harness.train.units import done_record
 
 STAGES = ("prepare", "units", "evaluate")
@@ -76,10 +77,12 @@ def evaluate_cell(sweep_dir: Path, cell_id: str, sweep_run_id: Optional[str] = N
     trained = sorted(missing)
     record = {"cell_id": cell_id, "run_id": res["run_id"], "metrics": res.get("metrics", {}),
               "protocol": res.get("protocol", {}), "units": {r: s.hash for r, s in units.items()},
-              "units_trained": res["units_trained"], "units_reused": res["units_reused"], "seconds": res["seconds"]}
+              "units_trained": res["units_trained"], "units_reused": res["units_reused"], "seconds": res["seconds"],
+              "cost": res.get("cost") or {}, "method_info": res.get("method_info") or {}}
     if dist.is_main():
         state.record_units(sweep_dir, cell_id, trained, [s.hash for s in units.values() if s.hash not in missing])
         state.record_result(sweep_dir, cell_id, record)
+        export_cell(sweep_dir, cell_id, cfg, record)   # a reported sweep's results file grows as cells finish
     return record
 
 

@@ -103,6 +103,12 @@ def cmd_table(args) -> int:
     """``harness table``: paper tables beside ours (--paper) or a sweep / experiment as a table."""
     from harness.config import load
 
+    if args.report:
+        from harness.tables.report import write_report
+
+        for path in write_report(args.report):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
     sweep, overrides = _split_overrides(list(args.overrides))
     cfg = load(overrides)
     uri = cfg["tracking"]["uri"]
@@ -164,6 +170,8 @@ def add_commands(sub: Any, add: Callable[..., Any]) -> None:
     """Register ``table`` and ``ui`` with the harness CLI (see ``COMMAND_MODULES`` in harness/cli.py)."""
     sp = add("table", cmd_table, "paper numbers beside ours (--paper), or a sweep (sweep=NAME) / experiment as a table")
     sp.add_argument("--paper", action="store_true", help="the seeds' transcribed tables beside our runs")
+    sp.add_argument("--report", default=None, metavar="SWEEP_FILE",
+                    help="render the sweep file's report: from its committed results file (no store needed)")
     sp.add_argument("--table", default=None, metavar="NAME", help="only this table id (e.g. diffmoe_t3, cbs_t1_quoted)")
     sp.add_argument("--format", choices=FORMATS, default=None, help="md | latex | csv (default: a rich table on the terminal)")
     sp.add_argument("--out", default=None, metavar="FILE", help="write the table here (format from --format or the suffix)")

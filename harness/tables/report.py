@@ -1,0 +1,288 @@
+"""``harness table --report SWEEP_FILE``: a reproduction report rendered from the sweep's committed results file.
+
+The report is a pure function of the sweep file's ``report:`` spec and its results file
+(:mod:`harness.sweep.results`): no store, no config composition, no date, so it regenerates byte for
+byte on any machine.  It states its protocol (extractor, weights hash, reference, samples, sampler, NFE,
+seeds), the effect it looks for, per-row mean ± 95 % Student-t interval over seeds, and paired
+differences over the seeds both rows share (``pair_by``) with their interval, the number of pairs and
+how many favour the first row; the paper's effect is printed beside ours, never a CPU number beside an
+ImageNet FID in one column.  Cells scored under different extractor weights or references are refused.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from harness.core.errors import ConfigError
+from harness.core.stats import ci95
+from harness.sweep.results import read_results
+from harness.sweep.spec import read_spec
+
+# protocol fields that must agree across every cell of a report (numbers under two protocols never share a table)
+SAME_PROTOCOL = ("extractor", "weights_sha256", "reference_hash", "n_samples", "sampler", "nfe", "protocol_version")
+
+
+def metric_name(metrics: Mapping[str, Any], wanted: str) -> Optional[str]:
+    """An exact metric name, else the first logged name ``wanted_<n>`` (sample counts are part of names)."""
+    if wanted in metrics:
+        return wanted
+    keys = sorted(k for k in metrics if k.startswith(wanted + "_") and k[len(wanted) + 1:][:1].isdigit())
+    return keys[0] if keys else None
+
+
+def _fmt(x: Optional[float]) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.4g}"
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value_text(x) for x in v) + "]"
+    return str(v)
+
+
+def _cell_value(rec: Mapping[str, Any], key: str) -> Any:
+    if key.startswith("metrics."):
+        return rec.get("metrics", {}).get(key[len("metrics."):])
+    if key.startswith("cost."):
+        return rec.get("cost", {}).get(key[len("cost."):])
+    if key.startswith("method.") and key[len("method."):] in (rec.get("method") or {}):
+        return rec["method"][key[len("method."):]]        # what the method reports (CBS's derived boundaries)
+    return rec.get("keys", {}).get(key)
+
+
+class Report:
+    """A sweep file's report spec joined with its exported cells, checked for what rendering needs."""
+
+    def __init__(self, sweep_file: Path | str) -> None:
+        spec = read_spec(sweep_file)
+        if not spec.report:
+            raise ConfigError(f"{sweep_file}: report: missing", hint="add a report: section (harness/sweep/report_spec.py)")
+        self.file, self.spec, self.rep = Path(sweep_file), spec, spec.report
+        self.results = Path(str(self.rep["results"]))
+        cells = read_results(self.results)
+        if not cells:
+            raise ConfigError(f"{self.results}: no finished cell", hint=f"run `harness sweep {sweep_file}` first")
+        self.cells = [cells[k] for k in sorted(cells)]
+        self._check_keys()
+        self.metrics = [self._metric(m) for m in self.rep["metrics"]]
+        self.protocol = self._check_protocol()
+
+    def _check_keys(self) -> None:
+        rep = self.rep
+        named = [("rows", rep["rows"]), *(("group", g) for g in rep["group"])]
+        named += [("pair_by", rep["pair_by"])] if rep.get("pair_by") else []
+        named += [(f"columns.{h}", k) for h, k in rep["columns"].items()]
+        named += [("plot.x", str(rep["plot"]["x"]))] if rep.get("plot") else []
+        for where, key in named:
+            if all(_cell_value(c, key) is None for c in self.cells):
+                raise ConfigError(f"{self.file}: report.{where}: no cell has key {key!r}",
+                                  hint=f"keys the cells carry: {', '.join(sorted({k for c in self.cells for k in c.get('keys', {})}))}")
+        rows = {str(_cell_value(c, rep["rows"])) for c in self.cells}
+        for a, b in rep["differences"]:
+            for side in (a, b):
+                if side not in rows:
+                    raise ConfigError(f"{self.file}: report.differences: no cell has {rep['rows']}={side}",
+                                      hint=f"rows present: {', '.join(sorted(rows))}")
+
+    def _metric(self, wanted: str) -> str:
+        names = {metric_name(c.get("metrics", {}), wanted) for c in self.cells}
+        if None in names:
+            bad = next(c for c in self.cells if metric_name(c.get("metrics", {}), wanted) is None)
+            raise ConfigError(f"{self.results}: cell {self._label(bad)}: metric {wanted!r} missing",
+                              hint=f"its metrics: {', '.join(sorted(bad.get('metrics', {}))) or 'none'}; re-run the cell")
+        if len(names) > 1:
+            raise ConfigError(f"{self.results}: metric {wanted!r} was logged under several names ({', '.join(sorted(names))})",
+                              hint="cells were scored with different sample counts: re-run them under one eval.n_samples")
+        return names.pop()
+
+    def _label(self, rec: Mapping[str, Any]) -> str:
+        keys = [self.rep["rows"], *self.rep["group"], *([self.rep["pair_by"]] if self.rep.get("pair_by") else [])]
+        return " ".join(f"{k}={_value_text(_cell_value(rec, k))}" for k in keys)
+
+    def _check_protocol(self) -> dict[str, Any]:
+        proto: dict[str, Any] = {}
+        for field in SAME_PROTOCOL:
+            seen: dict[str, list[str]] = {}
+            for c in self.cells:
+                seen.setdefault(str(c.get("protocol", {}).get(field)), []).append(self._label(c))
+            if len(seen) > 1:
+                detail = "; ".join(f"{v[:16]}: {len(cells)} cell(s), e.g. {cells[0]}" for v, cells in seen.items())
+                raise ConfigError(f"{self.results}: protocol.{field} differs between cells ({detail})",
+                                  hint="a table never mixes protocols: re-run the odd cells under one protocol")
+            proto[field] = next(iter(seen))
+        return proto
+
+    # ------------------------------------------------------------------ the numbers
+    def groups(self) -> list[tuple[tuple, list[Mapping[str, Any]]]]:
+        out: dict[tuple, list] = {}
+        for c in self.cells:
+            out.setdefault(tuple(_value_text(_cell_value(c, g)) for g in self.rep["group"]), []).append(c)
+        return sorted(out.items(), key=lambda kv: [_sort_key(v) for v in kv[0]])
+
+    def row_order(self, cells: Sequence[Mapping[str, Any]]) -> list[str]:
+        present = {str(_cell_value(c, self.rep["rows"])) for c in cells}
+        named = [*self.rep["labels"], *(r for pair in self.rep["differences"] for r in pair)]
+        ordered = list(dict.fromkeys(r for r in named if r in present))
+        return ordered + sorted(present - set(ordered))
+
+    def values(self, cells, row: str, metric: str) -> dict[Any, float]:
+        """{pair_by value: metric} of one row (the pair key is the seed; without it, the cell index)."""
+        out = {}
+        for i, c in enumerate(c for c in cells if str(_cell_value(c, self.rep["rows"])) == row):
+            key = _cell_value(c, self.rep["pair_by"]) if self.rep.get("pair_by") else i
+            out[key] = float(c["metrics"][metric])
+        return out
+
+    def render(self) -> str:
+        rep, lines = self.rep, []
+        lines += [f"# {rep['title']}", "",
+                  f"Rendered by `harness table --report {self.file.as_posix()}` from `{self.results.as_posix()}` "
+                  f"({len(self.cells)} cells); regenerate it with the same command. Sweep: `harness sweep {self.file.as_posix()}`.", ""]
+        if rep.get("effect"):
+            lines += [f"**Effect of interest.** {rep['effect']}", ""]
+        if rep.get("paper"):
+            lines += [f"**The paper's effect.** {rep['paper']}", ""]
+        lines += ["## Protocol", ""] + self._protocol_lines() + [""]
+        lines += ["## Results", ""]
+        for group, cells in self.groups():
+            if rep["group"]:
+                lines += [f"### {', '.join(f'{k} = {v}' for k, v in zip(rep['group'], group))}", ""]
+            lines += self._rows_table(cells) + [""]
+            if rep["differences"]:
+                lines += self._diff_table(cells) + [""]
+        if rep.get("reading"):
+            path = Path(str(rep["reading"]))
+            text = path.read_text().strip() if path.exists() else f"_(missing: {path.as_posix()})_"
+            lines += ["## Reading", "", text, ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def _protocol_lines(self) -> list[str]:
+        p = self.protocol
+        c0 = self.cells[0]
+        seeds = sorted({_value_text(_cell_value(c, self.rep["pair_by"])) for c in self.cells}, key=_sort_key) \
+            if self.rep.get("pair_by") else []
+        base = " ".join(read_results_base(self.results))
+        proto0 = c0.get("protocol", {})
+        lines = [f"- sweep base: `{base}`" if base else "- sweep base: (none)",
+                 f"- metrics: {', '.join(f'`{m}`' for m in self.metrics)} ({self.rep['direction']}); extractor "
+                 f"`{p['extractor']}` (weights sha256 `{str(p['weights_sha256'])[:12]}`), reference hash "
+                 f"`{str(p['reference_hash'])[:12]}` ({proto0.get('reference_n')} items), {p['n_samples']} samples "
+                 f"(seeds {proto0.get('seeds')}), sampler `{p['sampler']}`, NFE {p['nfe']}, protocol version {p['protocol_version']}",
+                 f"- cells: {len(self.cells)}"]
+        if seeds:
+            lines.append(f"- paired by `{self.rep['pair_by']}`: {', '.join(seeds)} (95 % Student-t intervals over pairs)")
+        return lines
+
+    def _rows_table(self, cells) -> list[str]:
+        rep = self.rep
+        head = [rep["rows"], "n", *(f"{m} (mean ± 95 % CI)" for m in self.metrics), *rep["columns"]]
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.row_order(cells):
+            mine = [c for c in cells if str(_cell_value(c, rep["rows"])) == row]
+            stats = []
+            for m in self.metrics:
+                mean, half = ci95([float(c["metrics"][m]) for c in mine])
+                stats.append(_fmt(mean) + ("" if half is None else f" ± {_fmt(half)}"))
+            extra = []
+            for key in rep["columns"].values():
+                vals = [_cell_value(c, key) for c in mine]
+                shown = sorted({_value_text(v) for v in vals if v is not None}, key=_sort_key)
+                extra.append(shown[0] if len(shown) == 1 else (" / ".join(shown) if len(shown) <= 3
+                                                               else f"{shown[0]} … {shown[-1]} ({len(shown)} values)"))
+            out.append("| " + " | ".join([rep["labels"].get(row, row), str(len(mine)), *stats, *extra]) + " |")
+        return out
+
+    def _diff_table(self, cells) -> list[str]:
+        better = "lower" if self.rep["direction"] == "minimize" else "higher"
+        head = ["paired difference", *(f"{m}: mean ± 95 % CI (relative)" for m in self.metrics), "pairs",
+                f"first {better} in"]
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        present = set(self.row_order(cells))
+        for a, b in self.rep["differences"]:
+            if a not in present or b not in present:
+                continue
+            cols, n, wins = [], 0, 0
+            for j, m in enumerate(self.metrics):
+                va, vb = self.values(cells, a, m), self.values(cells, b, m)
+                common = sorted(set(va) & set(vb), key=lambda s: _sort_key(_value_text(s)))
+                if not common:
+                    cols.append("no common pair")
+                    continue
+                d = [va[s] - vb[s] for s in common]
+                mean, half = ci95(d)
+                ref = sum(vb[s] for s in common) / len(common)
+                rel = f" ({100 * mean / ref:+.1f} %)" if ref else ""
+                cols.append(f"{mean:+.4g}" + ("" if half is None else f" ± {half:.2g}") + rel)
+                if j == 0:
+                    n = len(common)
+                    wins = sum((x < 0) if self.rep["direction"] == "minimize" else (x > 0) for x in d)
+            label = f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}"
+            out.append("| " + " | ".join([label, *cols, str(n), f"{wins}/{n}"]) + " |")
+        return out
+
+    # ------------------------------------------------------------------ the picture
+    def plot(self, path: Path) -> Optional[Path]:
+        """Metric (mean ± 95 % CI over seeds) per row against ``plot.x``; None without ``plot:``."""
+        spec = self.rep.get("plot")
+        if not spec:
+            return None
+        from harness.core.figures import pyplot
+
+        metric = self._metric(str(spec.get("metric", self.rep["metrics"][0])))
+        x_key = str(spec["x"])
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        for row in self.row_order(self.cells):
+            by_x: dict[Any, list[float]] = {}
+            for c in self.cells:
+                if str(_cell_value(c, self.rep["rows"])) == row:
+                    by_x.setdefault(_cell_value(c, x_key), []).append(float(c["metrics"][metric]))
+            xs = sorted(by_x, key=lambda v: _sort_key(_value_text(v)))
+            stats = [ci95(by_x[x]) for x in xs]
+            pos = [float(x) if isinstance(x, (int, float)) else i for i, x in enumerate(xs)]
+            ax.errorbar(pos, [m for m, _ in stats], yerr=[h or 0.0 for _, h in stats], marker="o", capsize=3,
+                        label=self.rep["labels"].get(row, row))
+            if not all(isinstance(x, (int, float)) for x in xs):
+                ax.set_xticks(pos, [_value_text(x) for x in xs])
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(f"{metric} (mean ± 95 % CI)")
+        ax.set_title(self.rep["title"], fontsize=9)
+        ax.legend(fontsize=8)
+        fig.set_dpi(110)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, metadata={"Software": None})   # no version string: the PNG depends on the data only
+        plt.close(fig)
+        return path
+
+
+def read_results_base(path: Path) -> list[str]:
+    return list(json.loads(Path(path).read_text()).get("base") or [])
+
+
+def _sort_key(text: Any) -> tuple:
+    try:
+        return (0, float(text), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(text))
+
+
+def write_report(sweep_file: Path | str) -> list[Path]:
+    """Render the report of ``sweep_file`` to ``report.out`` + ``.md`` (and ``.png`` with ``plot:``); returns the paths."""
+    report = Report(sweep_file)
+    out = Path(str(report.rep["out"]))
+    md = out.with_suffix(".md")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(report.render())
+    made = [md]
+    png = report.plot(out.with_suffix(".png"))
+    if png:
+        made.append(png)
+    return made

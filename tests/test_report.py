@@ -1,0 +1,116 @@
+"""Reproduction reports (issue 15, one results path): a sweep file's ``report:`` spec rendered by
+``harness table --report`` from its committed results file alone, and a reported sweep resuming on a
+fresh machine from that file."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from harness.core.errors import ConfigError
+from harness.core.versions import PROTOCOL_VERSION
+from harness.sweep.results import read_results, write_results
+from harness.tables.report import Report, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTO = {"extractor": "raw", "weights_sha256": "none", "reference_hash": "abc", "n_samples": 200,
+         "sampler": "{\"name\": \"euler\", \"steps\": 5}", "nfe": 5, "protocol_version": PROTOCOL_VERSION,
+         "reference_n": 200, "seeds": "0..199"}
+
+
+def _spec(tmp: Path, **report) -> Path:
+    rep = {"out": str(tmp / "out" / "rep"), "results": str(tmp / "cells.json"), "title": "t", "rows": "method.name",
+           "pair_by": "train.seed", "metrics": ["fd_raw"], "differences": [["cbs", "naive_split"]], **report}
+    path = tmp / "sweep.yaml"
+    path.write_text(json.dumps({"name": "s", "base": ["experiment=gmm_mini"], "report": rep}))   # JSON is YAML
+    return path
+
+
+def _cells(values: dict[str, list[float]], proto=PROTO, metric="fd_raw_200") -> dict[str, dict]:
+    return {f"{m}{s}": {"keys": {"method.name": m, "train.seed": s}, "metrics": {metric: v}, "protocol": dict(proto),
+                        "cost": {}, "method": {}, "seconds": 1.0}
+            for m, vs in values.items() for s, v in enumerate(vs)}
+
+
+def test_paired_difference_and_interval_are_those_of_the_per_seed_differences(tmp_path):
+    naive, cbs = [0.50, 0.61, 0.47, 0.58], [0.41, 0.60, 0.40, 0.49]
+    write_results(tmp_path / "cells.json", "s", [], _cells({"naive_split": naive, "cbs": cbs}))
+    text = Report(_spec(tmp_path)).render()
+    d = np.subtract(cbs, naive)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    row = next(line for line in text.splitlines() if line.startswith("| cbs − naive_split"))
+    assert f"{d.mean():+.4g} ± {half:.2g}" in row
+    assert f"({100 * d.mean() / np.mean(naive):+.1f} %)" in row
+    assert row.rstrip(" |").endswith("4/4")                          # cbs lower on every seed
+    mean, hw = np.mean(naive), stats.t.ppf(0.975, 3) * np.std(naive, ddof=1) / 2
+    assert f"| naive_split | 4 | {mean:.4g} ± {hw:.4g} |" in text
+
+
+def test_rendering_is_byte_for_byte_repeatable_and_writes_md_and_png(tmp_path):
+    write_results(tmp_path / "cells.json", "s", ["experiment=gmm_mini"], _cells({"naive_split": [1, 2, 3], "cbs": [1, 1.5, 2.5]}))
+    spec = _spec(tmp_path, plot={"x": "method.name"})
+    first = [p.read_bytes() for p in write_report(spec)]
+    second = [p.read_bytes() for p in write_report(spec)]
+    assert first == second and len(first) == 2 and first[1][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cells_under_different_extractor_weights_are_refused(tmp_path):
+    cells = _cells({"naive_split": [1, 2], "cbs": [1, 2]})
+    cells["cbs1"]["protocol"]["weights_sha256"] = "other"
+    write_results(tmp_path / "cells.json", "s", [], cells)
+    with pytest.raises(ConfigError, match=r"cells.json: protocol.weights_sha256 differs between cells"):
+        Report(_spec(tmp_path))
+
+
+def test_bad_specs_and_files_are_one_line_errors_naming_file_and_key(tmp_path):
+    write_results(tmp_path / "cells.json", "s", [], _cells({"naive_split": [1, 2], "cbs": [1, 2]}))
+    with pytest.raises(ConfigError, match=r"sweep.yaml: report.columns.width: no cell has key 'backbone.width'"):
+        Report(_spec(tmp_path, columns={"width": "backbone.width"}))
+    with pytest.raises(ConfigError, match=r"cell method.name=cbs train.seed=0: metric 'nll_true' missing"):
+        Report(_spec(tmp_path, metrics=["nll_true"]))
+    with pytest.raises(ConfigError, match=r"report.differences: no cell has method.name=ddm"):
+        Report(_spec(tmp_path, differences=[["ddm", "cbs"]]))
+    raw = json.loads((tmp_path / "cells.json").read_text())
+    (tmp_path / "cells.json").write_text(json.dumps(dict(raw, protocol_version="0")))
+    with pytest.raises(ConfigError, match=r"cells.json: protocol_version: '0', this harness scores with protocol"):
+        read_results(tmp_path / "cells.json")
+
+
+@pytest.mark.parametrize("sweep_file", sorted((ROOT / "sweeps" / "repro").glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_reports_regenerate_byte_for_byte(sweep_file, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    report = Report(sweep_file.relative_to(ROOT))
+    md = Path(str(report.rep["out"])).with_suffix(".md")
+    assert md.read_text() == report.render(), f"re-render {md} with: harness table --report {sweep_file.relative_to(ROOT)}"
+
+
+def test_a_reported_sweep_resumes_on_a_fresh_machine_from_its_results_file(tmp_path, monkeypatch):
+    from harness.sweep.runner import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path / "machine1"))
+    spec = {"name": "tiny_report", "base": ["experiment=gmm_mini", "train.steps=20", "eval.n_samples=200",
+                                            "eval.reference_n=200", "sampler.steps=4", "backbone.width=16",
+                                            "backbone.depth=1", "run.progress=false", "eval.metrics=[fd,velocity_error]"],
+            "list": [{"method": "monolithic"}, {"method": "naive_split", "method.n": 2}], "grid": {"train.seed": [0, 1]},
+            "report": {"out": "results/reproduced/tiny", "rows": "method.name", "pair_by": "train.seed",
+                       "metrics": ["velocity_mse_exact", "fd_raw"], "differences": [["naive_split", "monolithic"]]}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(spec))
+    first = run_sweep(path, launcher="debug", echo=lambda *a: None)
+    assert {r["state"] for r in first["summary"]["rows"]} == {"finished"}
+    exported = read_results(tmp_path / "results" / "cells" / "tiny_report.json")
+    assert set(exported) == {c.id for c in first["sweep"].cells}
+    report = Report(path).render()
+
+    # a fresh machine: another workdir, nothing trained; only the committed results file travels
+    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path / "machine2"))
+    shutil.rmtree(tmp_path / "machine1")
+    second = run_sweep(path, launcher="debug", echo=lambda *a: None)
+    assert second["stages"] == []                                    # nothing to run: every cell was imported
+    assert not (tmp_path / "machine2" / "units").exists()
+    assert Report(path).render() == report                           # the same report, byte for byte
