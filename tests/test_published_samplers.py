@@ -315,3 +315,35 @@ def test_ddpm_cost_counts_250_calls_without_a_network():
 
     times = sampler_times(DDPMAncestral(), (4, 8, 8), eps_field())
     assert len(times) == 250 and times[0] == pytest.approx(1 - 0.999) and times[-1] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- an imported DiT, natively and guided as released
+
+def test_imported_dit_is_sampled_natively_with_dits_cfg(tmp_path):
+    """Our guided eps field over imported DiT weights is DiT's ``forward_with_cfg`` at the step index the DDPM
+    sampler asks for (t = 1 - k / 1000 -> index k), written out here on diffusers' DiT: eps guided on 3 of 4
+    channels, the 4th eps channel and the variance channels the conditional half's; then the sampler runs on it."""
+    pytest.importorskip("diffusers")
+    from harness.backbones.dit_import import import_official
+    from tests.test_dit_import import C, K, SIZE, ours, official_state, reference, save
+
+    ref = reference()
+    model = ours(learn_sigma=True)
+    import_official(model, save(official_state(ref), tmp_path))
+    field = Net(model, DDPMEpsilon(schedule="linear_1000"))
+    w = 1.5
+    guided = Guided(Branch(field, "cond"), Branch(field, "null", stream=1), w, num_classes=K, channels=3)
+    x = torch.randn(2, C, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    y, k = torch.tensor([1, 6]), 875
+    with torch.no_grad():   # DiT models.py forward_with_cfg on [x; x] with labels [y; null]
+        out = ref(torch.cat([x, x]), timestep=torch.full((4,), k), class_labels=torch.cat([y, torch.full((2,), K)]),
+                  return_dict=False)[0]
+    eps, rest = out[:, :3], out[:, 3:]
+    cond_eps, uncond_eps = eps.chunk(2)
+    want = torch.cat([uncond_eps + w * (cond_eps - uncond_eps), rest[:2]], dim=1)   # the conditional half
+    pred = guided.predict(x, 1 - k / 1000, y)
+    torch.testing.assert_close(torch.cat([pred.value, pred.variance], 1), want, rtol=1e-4, atol=1e-4)
+
+    assert guided.parameterisation.kind == "eps"
+    samples, nfe = DDPMAncestral(steps=4)(guided, torch.randn(2, C, SIZE, SIZE), y)
+    assert nfe == 4 and samples.shape == (2, C, SIZE, SIZE) and bool(torch.isfinite(samples).all())
