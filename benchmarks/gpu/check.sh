@@ -25,6 +25,9 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 echo "== throughput: training (harness vs bare, +-compile), sampling, Inception, FID-10K"
 timeout 420 python3 benchmarks/gpu/throughput.py --out "$OUT/gpu_figures.md" || echo "throughput: exit $?"
 
+echo "== published samplers (issue 18 item 2): DDPM ancestral and SDE, 250 NFE with CFG, random SiT-XL/2"
+timeout 240 python3 benchmarks/gpu/throughput.py --samplers --out "$OUT/sampler_figures.md" || echo "samplers: exit $?"
+
 echo "== harness smoke on the GPU (needs mlflow)"
 timeout 120 python3 -m harness.cli smoke run.progress=false || echo "smoke: exit $?"
 
@@ -33,4 +36,4 @@ if [ "$(python3 -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; t
   timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=2 -m harness.cli train experiment=gmm_mini \
     train.steps=200 run.progress=false --no-track || echo "torchrun: exit $?"
 fi
-cat "$OUT/gpu_figures.md" 2>/dev/null
+cat "$OUT/gpu_figures.md" "$OUT/sampler_figures.md" 2>/dev/null

@@ -8,13 +8,17 @@
   travel to the device machine);
 * Inception-V3 pool3 feature throughput at 299x299 (the shipped FID weights when present, else torchvision's
   architecture with random weights: same FLOPs, so the same speed);
-* FID-10K wall time: 10K SiT-B/2 samples (Euler 50) -> features -> streaming statistics -> Frechet distance.
+* FID-10K wall time: 10K SiT-B/2 samples (Euler 50) -> features -> streaming statistics -> Frechet distance;
+* ``--samplers``: the published samplers alone (issue 18 item 2) on a randomly initialised SiT-XL/2 with CFG 1.5 on
+  3 channels: DiT's DDPM ancestral sampler (250 respaced steps, learn_sigma variance channels) and SiT's SDE sampler
+  (Euler-Maruyama, 250 NFE), images/s at batch 64 (each NFE a conditional and a null-class forward).
 
 Anchors (issue 14): DiT-XL/2 with mixed precision on precomputed latents trains at ~108 images/s on one A100 at
 batch 128 (fast-DiT README); targets: harness step <= 1.03x the bare loop, SiT-XL/2 >= 2x that anchor.
 
     python benchmarks/gpu/throughput.py --out gpu_figures.md            # on a CUDA machine (~6 min on an H200)
     python benchmarks/gpu/throughput.py --tiny --out /tmp/figures.md    # a minute on a CPU: checks the script runs
+    python benchmarks/gpu/throughput.py --samplers [--tiny] --out s.md   # DDPM and SDE sampler rows only
 """
 from __future__ import annotations
 
@@ -194,10 +198,42 @@ def fid_row(backbone: dict, data, n: int, batch: int, nfe: int, feats: Callable)
     return f"| FID-{n // 1000}K wall time: SiT sampling (Euler {nfe}) + Inception + FD | {sec:.0f} s |"
 
 
+def published_sampler_rows(name: str, backbone: dict, shape: tuple[int, ...], classes: int, batch: int,
+                           steps: int) -> list[str]:
+    """images/s of DiT's DDPM sampler and SiT's SDE sampler, guided as released (CFG 1.5 on 3 channels)."""
+    from harness.backbones.build import build_backbone
+    from harness.field.base import Net
+    from harness.field.guided import Branch, Guided
+    from harness.objectives import build_objective
+    from harness.sample import DDPMAncestral, EulerMaruyama, PerSampleNoise
+    from harness.sample.seeded import generators_of
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    rows = []
+    for label, learn_sigma, objective, sampler in (
+            ("DDPM ancestral (DiT)", True, {"name": "ddpm", "schedule": "linear_1000"}, DDPMAncestral(steps=steps)),
+            ("SDE Euler-Maruyama (SiT)", False, {"name": "flow_matching"}, EulerMaruyama(steps=steps))):
+        torch.manual_seed(0)
+        model = build_backbone({**backbone, "learn_sigma": learn_sigma}, shape, classes).to(dev).eval()
+        net = Net(model, build_objective(objective))
+        field = Guided(Branch(net, "cond"), Branch(net, "null", stream=1), 1.5, num_classes=classes,
+                       channels=min(3, shape[0]))
+        x0 = torch.randn((batch, *shape), device=dev)
+        y = torch.randint(classes, (batch,), device=dev)
+        with amp:
+            sampler(field, x0[:2], y[:2], noise=PerSampleNoise(generators_of(range(2))))            # warm-up
+            sec = synced(lambda: sampler(field, x0, y, noise=PerSampleNoise(generators_of(range(batch)))))
+        rows.append(f"| sampling {name} (random init), {label}, {steps} NFE x 2 (CFG 1.5, 3 channels), "
+                    f"batch {batch}, bf16, per-seed noise (no VAE decode) | {batch / sec:.2f} images/s |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--tiny", action="store_true", help="tiny sizes, any device: checks that the script runs")
+    p.add_argument("--samplers", action="store_true", help="only the published samplers' rows (DDPM, SDE)")
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     if cuda:
@@ -209,6 +245,15 @@ def main() -> None:
     def node(name: str) -> dict:
         return dict(load([f"backbone={name}"])["backbone"])
 
+    if args.samplers:
+        backbone = dict(node("dit_tiny"), hidden_size=32, depth=2, num_heads=2, patch_size=2) if args.tiny else node("sit_xl2")
+        shape, batch, steps = ((4, 8, 8), 4, 5) if args.tiny else ((4, 32, 32), 64, 250)
+        name = "dit_tiny (check)" if args.tiny else "SiT-XL/2"
+        lines = [f"Sampler figures, {datetime.date.today().isoformat()}, {dev_name}, torch {torch.__version__}", "",
+                 "| measurement | figure |", "|---|---|", *published_sampler_rows(name, backbone, shape, 1000, batch, steps)]
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     if args.tiny:
         models = [("dit_tiny (check)", dict(node("dit_tiny"), hidden_size=32, depth=2, num_heads=2, patch_size=2), 8)]
         shape, short, long, nfe, n_fid, inc_n, inc_batch = (4, 8, 8), 2, 4, 4, 64, 16, 8

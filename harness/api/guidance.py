@@ -8,7 +8,7 @@ live here so each plug-in states its requirements in one line.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -74,8 +74,9 @@ class ScaledGuidance(Guidance):
         if len(iv) != 2 or not 0.0 <= float(iv[0]) < float(iv[1]) <= 1.0:
             raise ConfigError(f"guidance.interval must be [lo, hi] with 0 <= lo < hi <= 1 (t = 0 noise, 1 data), got {iv}")
 
-    def guided(self, strong: Branch, weak: Branch, num_classes: int) -> Guided:
-        return Guided(strong, weak, self.scale, interval=self.interval, num_classes=num_classes, seed=self.seed)
+    def guided(self, strong: Branch, weak: Branch, num_classes: int, channels: Optional[int] = None) -> Guided:
+        return Guided(strong, weak, self.scale, interval=self.interval, num_classes=num_classes, seed=self.seed,
+                      channels=channels)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "scale": self.scale, "interval": self.interval}

@@ -175,10 +175,11 @@ def validate(cfg: Any) -> dict[str, Any]:
     check_data_root(plain["data"])
     check_data_params(plain["data"])
     check_exact_metric_data(plain)
-    for node_name in ("method", "guidance"):  # cross-key invariants, through the registry (the engine names no plug-in)
+    for node_name in ("method", "guidance", "sampler"):  # cross-key invariants, through the registry (the engine names no plug-in)
         node = plain.get(node_name)
-        if node:
-            get(PLUGIN_NODES[node_name], node["name"]).check_config(plain)
+        check = getattr(get(PLUGIN_NODES[node_name], node["name"]), "check_config", None) if node else None
+        if check is not None:
+            check(plain)
     _instantiate_light(plain)
     if plain["eval"].get("extractor"):
         get("extractor", plain["eval"]["extractor"])

@@ -3,6 +3,11 @@
 A :class:`Field` maps (x (B, ...), t (B,), y (B,) | None) -> v (B, ...) in the harness
 convention (t = 0 noise, t = 1 data, v = dx/dt).  ``Mixture`` (DDM, :mod:`harness.field.mixture`)
 and ``Guided`` (CFG/AG/ICG/SG, :mod:`harness.field.guided`) implement the same protocol.
+
+A field also says what its network answers natively (:attr:`Field.parameterisation`) and answers it
+(:meth:`Field.predict`): a velocity for every field, the raw eps (and learned-variance channels) for a
+DDPM-trained ``Net`` and guidance around one.  A sampler that needs more than a velocity (DiT's DDPM
+ancestral sampler) asks the field this, never which method built it.
 """
 from __future__ import annotations
 
@@ -11,18 +16,34 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from harness.core.intervals import check_boundaries
+from harness.objectives.base import VELOCITY, Parameterisation, Prediction
+
+
+def batch_times(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """Per-sample times (B,) from a Python float, a 0-d tensor or a (B,) tensor."""
+    if not torch.is_tensor(t) or t.dim() == 0:
+        return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    return t
 
 
 class Field:
-    """Protocol: ``field(x, t, y) -> v``; subclasses override :meth:`velocity`."""
+    """Protocol: ``field(x, t, y) -> v``; subclasses override :meth:`velocity`.
+
+    :meth:`predict` answers in :attr:`parameterisation` (velocity unless a subclass knows better), with x on
+    that parameterisation's own path at harness time t (see :class:`~harness.objectives.base.Parameterisation`).
+    """
+
+    parameterisation: Parameterisation = VELOCITY
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not torch.is_tensor(t) or t.dim() == 0:
-            t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        return self.velocity(x, t, y)
+        return self.velocity(x, batch_times(x, t), y)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor | float, y: Optional[torch.Tensor] = None) -> Prediction:
+        """The native answer; a field that knows no other parameterisation answers its velocity."""
+        return Prediction("velocity", self(x, t, y))
 
 
 class Net(Field):
@@ -31,9 +52,17 @@ class Net(Field):
     def __init__(self, model: torch.nn.Module, objective) -> None:
         self.model, self.objective = model, objective
 
+    @property
+    def parameterisation(self) -> Parameterisation:
+        return getattr(self.objective, "parameterisation", VELOCITY)
+
     @torch.no_grad()
     def velocity(self, x, t, y=None):
         return self.objective.velocity(self.model, x, t, y)
+
+    @torch.no_grad()
+    def predict(self, x, t, y=None) -> Prediction:
+        return self.objective.predict(self.model, x, batch_times(x, t), y)
 
 
 class Exact(Field):

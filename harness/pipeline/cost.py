@@ -44,8 +44,11 @@ def strong_only_cost(field: Field, in_shape: Sequence[int], num_classes: int, *,
     return count_call(lambda: field.branch(field.strong, x, tt, y, 0))
 
 
-def sampler_times(sampler: Callable, in_shape: Sequence[int]) -> list[float]:
-    """The times at which ``sampler`` calls its field (probed with a zero field; fixed-grid samplers)."""
+def sampler_times(sampler: Callable, in_shape: Sequence[int], field: Optional[Field] = None) -> list[float]:
+    """The times at which ``sampler`` calls its field: its ``call_times(field)`` when it states them (the DDPM
+    sampler, which needs an eps field to run), else probed with a zero field (fixed-grid samplers)."""
+    if hasattr(sampler, "call_times"):
+        return list(sampler.call_times(field))
     times: list[float] = []
 
     def probe(x: torch.Tensor, t: Any, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -62,7 +65,7 @@ def guided_cost(field: Field, sampler: Callable, in_shape: Sequence[int], num_cl
 
     Returns both conventions (``*_torch``, ``*_seed004``) and the number of calls.
     """
-    times = sampler_times(sampler, in_shape)
+    times = sampler_times(sampler, in_shape, field)
     per_nfe = field_call_cost(field, in_shape, num_classes, device=device)
     if isinstance(field, Guided):
         lo, hi = field.interval

@@ -41,6 +41,15 @@ class UnitSpec:
         if int(self.train.get("steps", 1)) == 0 and self.backbone.get("init_from") is None:
             raise ConfigError("train.steps=0 trains nothing: it evaluates a released model, which needs backbone.init_from",
                               hint="set train.steps > 0, or +backbone.init_from=<official DiT/SiT checkpoint>")
+        if self.backbone.get("learn_sigma") and self._native_kind() != "eps":
+            raise ConfigError(f"backbone.learn_sigma=true: objective={self.objective.get('name')} reads C output channels, "
+                              "the variance half is DiT's DDPM variance (eps objectives only)",
+                              hint="set backbone.learn_sigma=false (SiT's release drops the variance half), or objective=ddpm_*")
+
+    def _native_kind(self) -> str:
+        from harness.objectives import build_objective
+
+        return build_objective(self.objective).parameterisation.kind
 
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in NON_WEIGHT_TRAIN_KEYS}
