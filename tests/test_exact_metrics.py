@@ -61,3 +61,18 @@ def test_exact_metrics_on_data_without_a_closed_form_are_a_validation_error():
     with pytest.raises(ConfigError, match="eval.metrics: velocity_error need data with a closed-form"):
         load(["eval.metrics=[fd,velocity_error]"])            # the default job's Fashion-MNIST
     load(["experiment=gmm_mini", "eval.metrics=[fd,velocity_error,nll]"])   # the mixture has one
+
+
+def test_heldout_loss_differences_are_squared_velocity_errors():
+    """E‖v − u‖² = E‖v − v*‖² + C: an offset c on the exact field adds |c|²/D (the cross term averages out)."""
+    from harness.data.base import ArrayDataset
+    from harness.evaluate.heldout import heldout_fm_loss
+
+    x, y = MIX.sample(1000, torch.Generator().manual_seed(3))
+    data = ArrayDataset(x, y, num_classes=0, name="gaussian_mixture", kind="vector", info={})
+    exact = heldout_fm_loss(_exact(), data, conditional=False)
+    again = heldout_fm_loss(_exact(), data, conditional=False)
+    off = heldout_fm_loss(_exact((0.3, -0.4)), data, conditional=False)
+    assert exact["loss"] == again["loss"]                            # one fixed bank: paired by construction
+    assert off["loss"] - exact["loss"] == pytest.approx((0.3 ** 2 + 0.4 ** 2) / 2, rel=0.1)
+    assert exact["loss"] > 0.1                                       # C > 0: the loss never reaches zero

@@ -140,7 +140,7 @@ def test_unknown_slurm_profile_is_a_config_error(workdir, tmp_path):
         run_sweep(path, dry_run=True, echo=lambda *a: None)
 
 
-SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml")) + sorted((REPO / "sweeps" / "repro").glob("*.yaml"))
 
 
 def test_the_repo_has_the_issue_sweep_files():

@@ -28,6 +28,7 @@ from harness.core.hashing import content_hash
 from harness.core.registry import get
 from harness.core.versions import PROTOCOL_VERSION
 from harness.evaluate.exact import check_exact_metrics, exact_metrics
+from harness.evaluate.heldout import heldout_metrics
 from harness.evaluate.images import check_metric_reference, image_protocol, to_metric_images
 from harness.sample import generate
 
@@ -291,6 +292,10 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
         exact, exact_proto = exact_metrics(field, dataset, ev, s.features, device=device)   # the mixture's closed form
         result["metrics"].update(exact)
         result["protocol"].update(exact_proto)
+        if "heldout_fm" in ev["metrics"]:
+            held, held_proto = heldout_metrics(field, ev, datasets.get(reference_node(cfg)), device=device)
+            result["metrics"].update(held)
+            result["protocol"].update(held_proto)
         if tracker is not None and run_id is not None:
             tracker.log_metrics(run_id, result["metrics"])
             tracker.log_params(run_id, {f"protocol.{k}": v for k, v in result["protocol"].items()})
