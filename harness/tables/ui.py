@@ -239,10 +239,89 @@ def _watch(proc: subprocess.Popen, url: str, uri: str, *, cluster: bool, host: s
 
 
 def _runs_page(uri: str, experiment: Optional[str]) -> Optional[str]:
-    """'#/experiments/<id>/runs' of the named experiment, None when it does not exist."""
+    """The runs page of the named experiment, opened on :func:`write_runs_view`'s view; None when it does not exist."""
     if not experiment:
         return None
     from mlflow.tracking import MlflowClient
 
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
-    return None if exp is None else f"#/experiments/{exp.experiment_id}/runs"
+    if exp is None:
+        return None
+    key = write_runs_view(uri, exp.experiment_id)
+    return f"#/experiments/{exp.experiment_id}/runs" + (f"?{SHARE_PARAM}={key}" if key else "")
+
+
+# MLflow's experiment page reads a shared view (its "Share" button) from the experiment tag
+# mlflow.sharedViewState.<key> named by ?viewStateShareKey=<key>: search facets (searchFilter, orderByKey,
+# orderByAsc) and UI state (selectedColumns as "metrics.`name`" / "params.`name`", groupBy) as plain JSON.
+SHARE_PARAM = "viewStateShareKey"
+SHARE_TAG = "mlflow.sharedViewState."
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"   # not the GenAI overview
+MAX_PARAM_COLUMNS = 8
+
+
+def runs_view(runs) -> Optional[dict[str, Any]]:
+    """The view a reader compares cells in: experiment runs only, grouped by sweep, newest first, with each
+    sweep's metric (its file's ``metric:``, else the quality metric), the cost and the keys its cells vary as
+    columns.  None when the experiment has no experiment runs yet."""
+    from harness.tables.compare import COST_METRICS, choose_metric, varying_params
+    from harness.tables.runs import SWEEP_TAG
+
+    kind = runs.get("tags.harness.kind")
+    if kind is None:
+        return None
+    cells = runs[kind == "experiment"]
+    if cells.empty:
+        return None
+    sweeps = runs[kind == "sweep"]
+    sweep_col = f"tags.{SWEEP_TAG}"
+    groups = []
+    if sweep_col in cells and not sweeps.empty:
+        for _, parent in sweeps.sort_values("start_time", ascending=False).iterrows():
+            members = cells[cells[sweep_col] == parent[sweep_col]]
+            if not members.empty:
+                groups.append((members, parent.get("tags.harness.sweep_metric")))
+    groups = groups or [(cells, None)]
+    metrics, params = [], []
+    for members, wanted in groups:
+        metric = choose_metric(members, wanted if isinstance(wanted, str) else None)
+        if metric:
+            metrics.append(metric)
+        params += [c[len("params."):] for c in varying_params(members)]
+    metrics += [m for m in COST_METRICS[:1] if f"metrics.{m}" in cells and cells[f"metrics.{m}"].notna().any()]
+    params = list(dict.fromkeys(params))[:MAX_PARAM_COLUMNS] + (["train.seed"] if "params.train.seed" in cells else [])
+    columns = [f"metrics.`{m}`" for m in dict.fromkeys(metrics)] + [f"params.`{p}`" for p in dict.fromkeys(params)]
+    view: dict[str, Any] = {"searchFilter": "tags.`harness.kind` = 'experiment'", "orderByKey": "attributes.start_time",
+                            "orderByAsc": False, "selectedColumns": columns}
+    if sweep_col in cells and cells[sweep_col].notna().any():
+        # one group per sweep (expanded, the mean of each metric on its row); runs of no sweep in an expanded group too
+        view["groupBy"] = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": SWEEP_TAG}]}
+        view["groupsExpanded"] = {f"tag.{SWEEP_TAG}": True}
+    return view
+
+
+def write_runs_view(uri: str, experiment_id: str) -> Optional[str]:
+    """Store :func:`runs_view` of the experiment as a shared MLflow view; its key (content hash), or None.
+
+    Also marks the experiment a model-training one (``mlflow.experimentKind``), so MLflow shows its runs
+    rather than its GenAI overview wherever it is opened.
+    """
+    import hashlib
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from harness.tables.runs import load_runs
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment(experiment_id)
+    if KIND_TAG not in exp.tags:
+        client.set_experiment_tag(experiment_id, KIND_TAG, TRAINING_KIND)
+    view = runs_view(load_runs(uri, experiment=exp.name, kind=None))
+    if view is None:
+        return None
+    text = json.dumps(view, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if exp.tags.get(SHARE_TAG + key) != text:
+        client.set_experiment_tag(experiment_id, SHARE_TAG + key, text)
+    return key
