@@ -207,7 +207,8 @@ def cmd_ui(args) -> int:
         _warn(f"the store {cfg['tracking']['uri']} has no runs yet: the UI will be empty (harness run ... fills it)")
     log = Path(cfg["paths"]["workdir"]) / "mlflow_ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return serve(cfg["tracking"]["uri"], args.port, host=args.host, log=log, experiment=cfg["run"]["experiment_name"])
+    return serve(cfg["tracking"]["uri"], args.port, host=args.host, log=log, experiment=cfg["run"]["experiment_name"],
+                 open_browser=args.open)
 
 
 def add_commands(sub: Any, add: Callable[..., Any]) -> None:
@@ -227,5 +228,6 @@ def add_commands(sub: Any, add: Callable[..., Any]) -> None:
     sp.add_argument("--all", action="store_true", help="every column (a terminal still leaves out what does not fit)")
     sp = add("ui", cmd_ui, "the MLflow UI on 127.0.0.1 over the project's store (Ctrl-C stops it)")
     sp.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    sp.add_argument("--open", action="store_true", help="open the runs page in this machine's web browser")
     sp.add_argument("--host", default="127.0.0.1",
                     help="interface to bind (default 127.0.0.1); 0.0.0.0: the tracking server of a cluster's jobs (README)")

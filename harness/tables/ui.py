@@ -197,7 +197,7 @@ def _signals(handler: Any) -> Iterator[None]:
 
 
 def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable[[str], None] = print,
-          log: Optional[Path] = None, experiment: Optional[str] = None) -> int:
+          log: Optional[Path] = None, experiment: Optional[str] = None, open_browser: bool = False) -> int:
     """Start, wait until healthy, print the URL, then block until Ctrl-C or SIGTERM (exit 0) or the server dies.
 
     ``experiment``: an MLflow experiment name whose runs page is printed too (MLflow 3 opens an
@@ -211,7 +211,7 @@ def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable
         proc, url = start_ui(uri, port, host=host, cluster=cluster, log=log)
         try:
             return _watch(proc, url, uri, cluster=cluster, host=host, port=port, say=say, log=log,
-                          experiment=experiment)
+                          experiment=experiment, open_browser=open_browser)
         except KeyboardInterrupt:
             say("stopping the MLflow UI")
             return 0
@@ -221,7 +221,7 @@ def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable
 
 
 def _watch(proc: subprocess.Popen, url: str, uri: str, *, cluster: bool, host: str, port: int,
-           say: Callable[[str], None], log: Optional[Path], experiment: Optional[str]) -> int:
+           say: Callable[[str], None], log: Optional[Path], experiment: Optional[str], open_browser: bool = False) -> int:
     """Wait until healthy, print where the UI is, then until the server exits: 0 if it was stopped, else 1."""
     say(f"starting the MLflow UI on {url} (store {uri}) ...")
     if not wait_healthy(url, proc):
@@ -234,6 +234,10 @@ def _watch(proc: subprocess.Popen, url: str, uri: str, *, cluster: bool, host: s
     runs_page = _runs_page(uri, experiment)
     if runs_page:
         say(f"runs of {experiment!r}: {url}/{runs_page}")
+    if open_browser:   # --open: this machine's browser on the runs page (nothing happens where there is none)
+        import webbrowser
+
+        webbrowser.open(f"{url}/{runs_page}" if runs_page else url)
     proc.wait()
     return 0 if proc.returncode in (0, -signal.SIGTERM, -signal.SIGINT) else 1
 
