@@ -221,6 +221,12 @@ def test_round_trip_real_runs_land_in_the_right_cells(mini_store, tmp_path, caps
     # a sweep name nobody used is a clear error
     assert main(["table", "sweep=nope", *store_overrides(workdir)]) == 2
     assert "no runs of sweep 'nope'" in capsys.readouterr().err
+    # --columns: the chosen ones, in that order; a column no run has is one line listing those that exist
+    assert main(["table", "sweep=mini_sweep", *store_overrides(workdir), "--format", "csv", "--columns", f"n_seeds,{name}"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"n_seeds,{name},table"
+    assert main(["table", "sweep=mini_sweep", *store_overrides(workdir), "--columns", "method.n,fid_50k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'fid_50k'" in err[0] and all(c in err[0] for c in ("n_seeds", name, "runs", "method.n"))
 
 
 def test_standard_plots_and_pareto_front(tmp_path):
@@ -236,3 +242,103 @@ def test_standard_plots_and_pareto_front(tmp_path):
     assert made == {"quality_vs_n.png", "quality_vs_boundaries.png", "quality_vs_gflops.png"}
     assert all((tmp_path / m).read_bytes()[:4] == b"\x89PNG" for m in made)
     assert standard_plots(runs.drop(columns=["metrics.fd_smallcnn_256"]), tmp_path / "none") == []  # no quality metric
+
+
+# ---- tables that fit (issue 19 item 2) ----------------------------------------------------------------------
+
+def _sweep_runs() -> pd.DataFrame:
+    """One varied key x two seeds, with every metric and GFLOPs variant a run logs and long run ids."""
+    rows = []
+    for i, (n, b) in enumerate([(1, 0.4), (2, 0.4), (3, 0.4), (4, 0.4)] * 2):
+        seed = i // 4
+        rows.append({"run_id": f"{i:02d}" + "f" * 30, "status": "FINISHED", "start_time": i, "run_name": f"cell{i}",
+                     "params.method.name": "cbs", "params.method.n": str(n), "params.method.boundary_shift": str(b),
+                     "params.train.seed": str(seed), "params.run.name": f"cell{i}", "params.data.name": "fashion_mnist",
+                     "params.backbone.name": "unet",
+                     "metrics.fd_cnn_fashion_mnist_1k": 30.0 + n + 10 * b + 0.37 * seed,
+                     "metrics.fd_smallcnn_1000": 50.0 + n - seed, "metrics.is_smallcnn_1000": 3.0 + seed,
+                     "metrics.precision_cnn_1000": 0.5, "metrics.recall_cnn_1000": 0.4,
+                     "metrics.gflops_per_image": 12.25 * n, "metrics.gflops_per_nfe": 0.1225 * n,
+                     "metrics.gflops_per_image_seed004": 6.125 * n, "metrics.gflops_per_nfe_seed004": 0.06125 * n})
+    return pd.DataFrame(rows)
+
+
+def _render(df, priority, width):
+    from rich.console import Console
+
+    from harness.tables.render import print_rich
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    hidden = print_rich(df, "sweep x: mean ± 95 % CI over seeds", console=console, priority=priority)
+    return console.file.getvalue(), hidden
+
+
+def _header_cells(text: str) -> list[str]:
+    head = next(ln for ln in text.splitlines() if ln.startswith("┃"))
+    return [c.strip() for c in head.strip("┃").split("┃")]
+
+
+def test_default_sweep_table_is_what_a_reader_compares_and_fits_80_columns():
+    from harness.tables.commands import select_columns
+
+    table = runs_table(_sweep_runs(), metric="fd_cnn")
+    assert table.attrs["default"] == ["method.n", "fd_cnn_fashion_mnist_1k", "n_seeds", "gflops_per_image"]
+    assert "run.name" not in table.columns      # bookkeeping params never count as varied keys
+    ((caption, shown, priority),) = select_columns([("sweep x", table)], None, False, terminal=True)
+    assert list(shown.columns) == table.attrs["default"]
+    text, hidden = _render(shown, priority, 80)
+    assert hidden == [] and "hidden" not in text
+    assert all(len(ln) <= 80 for ln in text.splitlines())
+    assert _header_cells(text) == list(shown.columns)               # no header broken over two lines
+    for value in shown.astype(str).to_numpy().ravel():              # every number whole, on one line
+        assert value in text, value
+    # a file format keeps every column, default ones first
+    ((_, full, _),) = select_columns([("sweep x", table)], None, False, terminal=False)
+    assert list(full.columns) == list(table.columns) and {"runs", "scale", "fd_smallcnn_1000"} <= set(full.columns)
+
+
+def test_all_columns_on_80_drops_low_priority_ones_whole_and_names_them():
+    from harness.tables.commands import select_columns
+
+    table = runs_table(_sweep_runs(), metric="fd_cnn")
+    ((_, shown, priority),) = select_columns([("sweep x", table)], None, True, terminal=True)
+    text, hidden = _render(shown, priority, 80)
+    lines = text.splitlines()
+    assert all(len(ln) <= 80 for ln in lines if not ln.startswith("hidden to fit"))   # the table; the note is one line
+    heads = _header_cells(text)
+    assert heads[:4] == table.attrs["default"]                      # the default ones stay, the rest fill in
+    assert hidden and set(hidden) | set(heads) == set(table.columns) and not set(hidden) & set(heads)
+    note = [ln for ln in lines if ln.startswith("hidden to fit 80 columns:")]
+    assert len(note) == 1 and all(h in note[0] for h in hidden)
+    for col in heads:
+        for value in shown[col].astype(str):
+            assert value in text, (col, value)
+    wide, none_hidden = _render(shown, priority, 400)
+    assert none_hidden == [] and set(_header_cells(wide)) == set(table.columns)
+
+
+def test_paper_tables_fit_80_columns_without_breaking_headers_or_numbers():
+    from harness.tables.commands import _paper_frames, select_columns
+
+    sections, _ = _paper_frames([t for t in PAPER if t.id in ("diffmoe_t3", "sg_t2", "hddm_t4")], pd.DataFrame())
+    for caption, shown, priority in select_columns(sections, None, False, terminal=True):
+        text, hidden = _render(shown, priority, 80)
+        assert all(len(ln) <= 80 for ln in text.splitlines() if not ln.startswith("hidden to fit")), caption
+        heads = _header_cells(text)
+        assert heads[:2] == ["row", "paper"] or heads[:3] == ["row", "paper setting", "paper"] or "row" in heads
+        assert "paper" in heads and "ours" in heads and set(heads) | set(hidden) == set(shown.columns)
+        for value in shown["paper"].astype(str):
+            assert value in text, value
+
+
+def test_columns_naming_no_column_lists_the_ones_that_exist():
+    from harness.tables.commands import select_columns
+
+    table = runs_table(_sweep_runs(), metric="fd_cnn")
+    ((_, shown, _),) = select_columns([("x", table)], "n_seeds,method.n", False, terminal=True)
+    assert list(shown.columns) == ["n_seeds", "method.n"]
+    with pytest.raises(ConfigError) as err:
+        select_columns([("x", table)], "method.n,fid_50k", False, terminal=True)
+    line = err.value.one_line()
+    assert "\n" not in line and "'fid_50k'" in line
+    assert all(c in line.split("Columns: ", 1)[1] for c in table.columns)

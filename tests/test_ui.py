@@ -83,14 +83,30 @@ def test_browser_lists_the_experiment_and_its_runs(tmp_path):
         url = f"http://127.0.0.1:{port}"
         runs_url = f"{url}/#/experiments/{exp_id}/runs"
         assert f"MLflow UI: {url}" in "".join(lines), "".join(lines)
-        assert proc.stdout.readline().strip() == f"runs of 'harness': {runs_url}"
+        printed = proc.stdout.readline().strip()
+        assert printed.startswith(f"runs of 'harness': {runs_url}?viewStateShareKey="), printed
+        runs_url = printed.split(": ", 1)[1]
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        values = {client.get_run(r).data.metrics[metric] for r in ids["monolithic"] + ids["naive_split"]
+                  for metric in [next(k for k in client.get_run(r).data.metrics if k.startswith("fd_raw_"))]}
+        metric = next(k for k in client.get_run(ids["monolithic"][0]).data.metrics if k.startswith("fd_raw_"))
+        header = re.compile(r'role="columnheader"[^>]*col-id="metrics\.`' + metric + r'`"[^>]*style="left: (\d+)px')
         dom = ""
         for _ in range(5):  # the UI is a JS app: poll until the runs table has rendered
             dom = _dom(runs_url, tmp_path / "chrome")
-            if "ui-mono" in dom and "ui-naive" in dom:
+            if "ui-mono" in dom and "ui-naive" in dom and header.search(dom):
                 break
             time.sleep(3)
         assert "harness" in dom and "ui-mono" in dom and "ui-naive" in dom, dom[-3000:]
+        # the metric is a column of the first screen (a header cell left of the 1400-pixel window's edge) ...
+        left = header.search(dom)
+        assert left and int(left.group(1)) < 1000, dom[-3000:]
+        # ... whose cells hold each run's value, the runs grouped under their sweep's tag
+        cells = re.findall(r'role="gridcell" col-id="metrics\.`' + metric + r'`"[^>]*>(?:<[^>]+>)*\s*([0-9.e+-]+)', dom)
+        shown = [float(c) for c in cells]
+        assert all(any(abs(v - c) < 1e-9 for c in shown) for v in values), (values, shown)
+        assert "mini_sweep" in dom
+        assert f'col-id="params.`method.n`"' in dom                # a varied key is a column too
         shot = tmp_path / "mlflow_ui_runs.png"
         _dom(runs_url, tmp_path / "chrome", screenshot=shot)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
@@ -105,3 +121,26 @@ def test_browser_lists_the_experiment_and_its_runs(tmp_path):
             proc.kill()
             proc.wait()
     assert len(ids["monolithic"]) == len(ids["naive_split"]) == 1
+
+
+def test_runs_view_shows_each_sweeps_metric_and_varied_keys_grouped_by_sweep():
+    import pandas as pd
+
+    from harness.tables.ui import runs_view
+
+    def run(kind, sweep, n=None, fd=None, cnn=None, t=0):
+        return {"run_id": f"r{t}", "start_time": t, "tags.harness.kind": kind, "tags.harness.sweep": sweep,
+                "params.method.n": n, "params.train.seed": "0", "params.run.name": f"x{t}",
+                "metrics.fd_raw_100": fd, "metrics.fd_cnn_fashion_mnist_1k": cnn, "metrics.gflops_per_image": 1.0,
+                "tags.harness.sweep_metric": "fd_raw" if kind == "sweep" and sweep == "b" else None}
+
+    runs = pd.DataFrame([run("sweep", "a", t=1), run("experiment", "a", "2", 1.0, 9.0, 2), run("experiment", "a", "3", 2.0, 8.0, 3),
+                         run("sweep", "b", t=4), run("experiment", "b", "2", 1.5, 7.0, 5), run("unit", None, t=6)])
+    view = runs_view(runs)
+    cols = view["selectedColumns"]
+    # sweep a names no metric: the quality metric (the trained CNN's FD before raw coordinates); b: its file's (fd_raw)
+    assert cols[:3] == ["metrics.`fd_raw_100`", "metrics.`fd_cnn_fashion_mnist_1k`", "metrics.`gflops_per_image`"]
+    assert "params.`method.n`" in cols and "params.`run.name`" not in cols
+    assert view["searchFilter"] == "tags.`harness.kind` = 'experiment'"
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "harness.sweep"}]
+    assert runs_view(runs[runs["tags.harness.kind"] != "experiment"]) is None

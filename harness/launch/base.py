@@ -64,6 +64,13 @@ def error_line(err: BaseException) -> str:
 
 
 TaskFn = Callable[..., Any]   # called as fn(*task.args()); picklable (submitit sends it to another process)
+# called by a blocking launcher between polls (and between in-process tasks) as watch(stage name, tasks done,
+# tasks in the stage): the sweep's progress view reads the rest from disk (harness.sweep.progress)
+Watch = Callable[[str, int, int], None]
+
+
+def no_watch(stage: str, done: int, total: int) -> None:
+    pass
 
 
 class Launcher:
@@ -72,6 +79,7 @@ class Launcher:
     name = ""
     default_parallel = 1      # tasks at once when neither the config nor --max-parallel says
     detaches = False          # True: ``run(..., detach=True)`` submits and returns (a scheduler holds the jobs)
+    in_process = False        # True: tasks run in this process and print their own progress (no live view over them)
 
     def __init__(self, max_parallel: int = 1, profile: Optional[str] = None) -> None:
         self.max_parallel = max(1, int(max_parallel))
@@ -87,7 +95,8 @@ class Launcher:
     def check_config(cls, node: Any) -> None:
         """Checks of the launcher node beyond types (e.g. the SLURM profile exists); ConfigError naming the key."""
 
-    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False,
+            watch: Watch = no_watch) -> Outcome:
         raise NotImplementedError
 
     def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:

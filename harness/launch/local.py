@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from harness.core.registry import register
-from harness.launch.base import Launcher, Outcome, Stage, Task, TaskFn, collect, error_line
+from harness.launch.base import Launcher, Outcome, Stage, Task, TaskFn, Watch, collect, error_line, no_watch
 from harness.train.preemption import PreemptionGuard
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's local default is 2 minutes; a cell may train for hours
@@ -36,15 +36,19 @@ class DebugLauncher(Launcher):
     """Every task in this process, in order; the first failure raises (fail fast, full traceback)."""
 
     name = "debug"
+    in_process = True
 
     def __init__(self, max_parallel: int = 1, profile: Optional[str] = None) -> None:
         super().__init__(1)
 
-    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False,
+            watch: Watch = no_watch) -> Outcome:
         out = Outcome()
         for st in stages:
-            for task in st.tasks:
+            for i, task in enumerate(st.tasks):
+                watch(st.name, i, len(st.tasks))
                 out.results.append((task, task_fn(*task.args())))
+            watch(st.name, len(st.tasks), len(st.tasks))
         return out
 
     def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
@@ -102,7 +106,8 @@ class LocalLauncher(Launcher):
         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)
         return executor
 
-    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False,
+            watch: Watch = no_watch) -> Outcome:
         out = Outcome()
         with Jobs(self.executor(folder)) as jobs:
             for st in stages:
@@ -115,6 +120,7 @@ class LocalLauncher(Launcher):
                         running.append((task, job))
                     time.sleep(self.poll_s)
                     running = _collect(running, out)
+                    watch(st.name, len(st.tasks) - len(queue) - len(running), len(st.tasks))
                 if jobs.stopping:
                     break
         return out

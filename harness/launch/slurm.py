@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 from harness.core.errors import ConfigError
 from harness.core.registry import register, suggest
-from harness.launch.base import Launcher, Outcome, Stage, TaskFn, collect, describe_dag, error_line
+from harness.launch.base import Launcher, Outcome, Stage, TaskFn, Watch, collect, describe_dag, error_line, no_watch
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm"
 PROFILE_KEYS = {"partition": str, "time_min": int, "nodes": int, "gpus_per_node": int, "tasks_per_node": int,
@@ -156,7 +156,8 @@ class SlurmLauncher(Launcher):
             prev = st.name
         return "\n".join(out)
 
-    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False) -> Outcome:
+    def run(self, stages: list[Stage], folder: Path, task_fn: TaskFn, detach: bool = False,
+            watch: Watch = no_watch) -> Outcome:
         import submitit
 
         out = Outcome(detached=detach)
@@ -190,6 +191,9 @@ class SlurmLauncher(Launcher):
                 (out.errors.append((task, error_line(err).splitlines()[0])) if err is not None
                  else out.results.append((task, job.results()[0])))  # task 0 of a multi-task job
             pending = still
+            for st in stages:
+                watch(st.name, sum(1 for t, _ in submitted if t.stage == st.name) -
+                      sum(1 for t, _ in pending if t.stage == st.name), len(st.tasks))
         return out
 
     def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:

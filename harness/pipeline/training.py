@@ -89,10 +89,14 @@ def train_units(units: Mapping[str, UnitSpec], cfg: Mapping[str, Any], *, tracke
     for spec in units.values():  # before any lock or run exists: every unit's batch splits over the processes
         dist.check_divides(int(spec.train["batch_size"]), "train.batch_size")
     trained, reused = [], []
-    for role, spec in units.items():
+    say = print if main and cfg["run"]["progress"] else None   # "unit 2/3 <label>: ..." (multi-unit methods)
+    for i, (role, spec) in enumerate(units.items(), 1):
         unit_dir = spec.directory(workdir)
+        position = f"unit {i}/{len(units)}" if len(units) > 1 else ""
         with claim_unit(unit_dir) as mine:  # a concurrent job (sweep cells sharing a unit) may be training it
             if not mine:
+                if say:
+                    say(f"{(position + ' ' + spec.label).strip()}: reused ({spec.hash})", flush=True)
                 reused.append(role)
                 continue
             dataset = datasets.get(spec.data)
@@ -103,7 +107,7 @@ def train_units(units: Mapping[str, UnitSpec], cfg: Mapping[str, Any], *, tracke
                                              parent_id=parent_id, tags=tags, params=spec.to_dict())
             try:
                 train_unit(spec, workdir=workdir, dataset=dataset, tracker=tracker if main else None, run_id=run_id,
-                           progress=bool(cfg["run"]["progress"]))
+                           progress=bool(cfg["run"]["progress"]), position=position)
             except BaseException as err:
                 if run_id is not None:
                     tracker.end_run(run_id, status=end_status(err))

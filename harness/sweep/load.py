@@ -61,7 +61,11 @@ def sweep_run(sweep: Sweep) -> str:
     """The sweep's MLflow parent run, created once and reused by every re-run of the sweep."""
     cfg = sweep.base_cfg
     tracker = Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"])
-    return resume_or_start_run(sweep.dir / "mlflow_run.json", tracker, f"sweep:{sweep.spec.name}", parent_id=None,
-                       tags={"harness.kind": "sweep", "harness.sweep": sweep.spec.name,
-                             "harness.sweep_file": str(sweep.spec.path), **git_info()},
-                       params={"sweep.cells": len(sweep.cells), "sweep.base": " ".join(sweep.spec.base)})
+    run_id = resume_or_start_run(sweep.dir / "mlflow_run.json", tracker, f"sweep:{sweep.spec.name}", parent_id=None,
+                                 tags={"harness.kind": "sweep", "harness.sweep": sweep.spec.name,
+                                       "harness.sweep_file": str(sweep.spec.path), **git_info()},
+                                 params={"sweep.cells": len(sweep.cells), "sweep.base": " ".join(sweep.spec.base)})
+    metric = sweep.spec.metric or (sweep.spec.optuna or {}).get("metric")
+    if metric:   # what `harness table sweep=NAME` and `harness ui` show first (a name or a prefix, e.g. "fd")
+        tracker.set_tags(run_id, {"harness.sweep_metric": metric})
+    return run_id

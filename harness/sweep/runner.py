@@ -22,6 +22,7 @@ from harness.pipeline.assemble import experiment_units, method_for
 from harness.pipeline.training import end_status
 from harness.sweep import state
 from harness.sweep.load import Sweep, load_sweep, sweep_run
+from harness.sweep.progress import SweepProgress
 from harness.sweep.results import export_cells, import_cells, sweep_record_report
 from harness.sweep.search import run_search
 from harness.sweep.spec import Cell
@@ -123,7 +124,11 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
     with _run_ends_if_interrupted(sweep, run_id):
         stages, before = plan(sweep, force=force, rerun_failed=rerun_failed, sweep_run_id=run_id)
         echo(_dag(stages))
-        outcome: Outcome = launch.run(stages, sweep.dir, SweepTask(), detach=detach)
+        if detach:
+            outcome: Outcome = launch.run(stages, sweep.dir, SweepTask(), detach=True)
+        else:
+            with _progress(sweep, stages, launch, echo) as view:
+                outcome = launch.run(stages, sweep.dir, SweepTask(), watch=view.watch)
         if outcome.jobs:
             prev = state.read_json(sweep.dir / "jobs.json") or {}
             write_json_atomic(sweep.dir / "jobs.json", {**prev, **{k: v for k, v in outcome.jobs.items()}, "launcher": name})
@@ -150,6 +155,18 @@ def _run_ends_if_interrupted(sweep: Sweep, run_id: str) -> Iterator[None]:
         cfg = sweep.base_cfg
         Tracker(cfg["tracking"]["uri"], cfg["run"]["experiment_name"]).end_run(run_id, status=end_status(err))
         raise
+
+
+def _progress(sweep: Sweep, stages: Sequence[Stage], launch: Launcher, echo) -> SweepProgress:
+    """The progress view: live on a terminal when output goes to stdout (``echo`` is print), else event lines."""
+    planned = {t.cell_id for st in stages for t in st.tasks}
+    cell_units = {}
+    for cell in sweep.cells:
+        units = _units_or_none(cell.cfg) if cell.id in planned else None
+        if units is not None:
+            cell_units[cell.id] = {role: spec.hash for role, spec in units.items()}
+    return SweepProgress(sweep, stages, cell_units=cell_units, live=None if echo is print and not launch.in_process else False,
+                         echo=echo, units=not launch.in_process)
 
 
 def _dag(stages: Sequence[Stage]) -> str:

@@ -99,6 +99,16 @@ def task_lock(sweep_dir: Path, cell_id: str, stage: str, roles: Optional[list[st
     return cell_dir(sweep_dir, cell_id) / f"task-{stage}{suffix}.lock"
 
 
+def running_tasks(sweep_dir: Path, cell_id: str) -> list[tuple[str, str]]:
+    """(stage, roles) of the cell's tasks whose lock a live process holds, e.g. ("units", "expert0"); roles "all" or ""."""
+    out = []
+    for p in sorted(cell_dir(sweep_dir, cell_id).glob("task-*.lock")):
+        if is_locked(p):
+            stage, _, roles = p.stem[len("task-"):].partition("-")
+            out.append((stage, roles))
+    return out
+
+
 def cell_state(sweep_dir: Path, cell_id: str) -> str:
     """finished | running | failed | pending, from the records and the cell's lock."""
     d = cell_dir(sweep_dir, cell_id)

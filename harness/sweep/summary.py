@@ -10,7 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from harness.core.stats import ci95, pareto_front
 from harness.sweep import state
+
+SEED_KEY = "train.seed"          # cells that differ only in it are one setting: mean and 95 % CI over seeds
+COST_KEY = "gflops_per_image"    # of the result record's cost (torch's count, 2 FLOPs per multiply-add)
 
 
 def pick_metric(wanted: Optional[str], metrics: Mapping[str, float]) -> Optional[str]:
@@ -31,6 +35,7 @@ def cell_rows(sweep) -> list[dict[str, Any]]:
         metric = pick_metric(sweep.spec.metric, res.get("metrics", {}))
         rows.append({"id": cell.id, "delta": cell.delta, "state": state.cell_state(sweep.dir, cell.id),
                      "metric": metric, "value": res.get("metrics", {}).get(metric) if metric else None,
+                     "gflops": (res.get("cost") or {}).get(COST_KEY),
                      "run_id": res.get("run_id", "-"), "units": res.get("units", {}),
                      "trained": units["trained"], "reused": units["reused"], "error": fail.get("error", "")})
     return rows
@@ -78,38 +83,118 @@ def _axis_value(v: Any) -> Any:
         return str(v)
 
 
-def plot(sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
-    """Metric vs ``plot.x`` (one line per ``plot.hue``); defaults to the grid's first one or two keys.
+def settings(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Finished cells grouped by their delta without ``train.seed``: delta, values, mean, CI half-width, n, GFLOPs."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["value"] is None:
+            continue
+        delta = {k: v for k, v in r["delta"].items() if k != SEED_KEY}
+        g = groups.setdefault(json_key(delta), {"delta": delta, "values": [], "gflops": []})
+        g["values"].append(float(r["value"]))
+        if r.get("gflops") is not None:
+            g["gflops"].append(float(r["gflops"]))
+    out = []
+    for g in groups.values():
+        mean, half = ci95(g["values"])
+        out.append({**g, "mean": mean, "ci": half, "n": len(g["values"]),
+                    "gflops": (sum(g["gflops"]) / len(g["gflops"])) if g["gflops"] else None})
+    return out
 
-    A cell whose hue is ``-`` (the unperturbed base of a perturbation sweep) joins every line.
-    Returns None when there is nothing to plot (no finished cell, or no x key).
+
+def json_key(d: Mapping[str, Any]) -> str:
+    import json
+
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def summary_figure(sweep, rows: Sequence[Mapping[str, Any]]):
+    """The sweep's figure, or None when no cell has finished: (figure, {panel name: axes}).
+
+    ``metric``: the metric vs ``plot.x`` (default: the grid's first key other than ``train.seed``; the settings
+    side by side when there is none), one line per ``plot.hue``; a setting run with several seeds is its mean
+    with a 95 % Student-t interval (``harness.core.stats.ci95``).  ``cost``: where settings differ in GFLOPs per
+    image, the metric against it, each setting labelled, with the Pareto front (lower is better for both).
     """
-    keys = list(sweep.spec.grid)
+    pts = settings(rows)
+    if not pts:
+        return None
+    from harness.core.figures import pyplot
+
+    keys = [k for k in sweep.spec.grid if k != SEED_KEY]
     x = sweep.spec.plot.get("x") or (keys[0] if keys else None)
     hue = sweep.spec.plot.get("hue") or (keys[1] if len(keys) > 1 else None)
-    done = [r for r in rows if r["value"] is not None and x in r["delta"]]
-    if x is None or not done:
-        return None
-    from harness.core.figures import pyplot, save_png
+    if x is not None and not all(x in p["delta"] for p in pts):
+        x = None
+    costs = {round(p["gflops"], 9) for p in pts if p["gflops"] is not None}
+    panels = ["metric"] + (["cost"] if len(costs) > 1 else [])
+    metric = next(r["metric"] for r in rows if r["value"] is not None)
+    seeds = max(p["n"] for p in pts)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), dpi=120, squeeze=False)
+    ax = dict(zip(panels, axes[0]))
+    _metric_panel(ax["metric"], pts, x, hue, metric)
+    if "cost" in ax:
+        _cost_panel(ax["cost"], [p for p in pts if p["gflops"] is not None], metric)
+    over = f"mean ± 95 % CI over {seeds} seeds" if seeds > 1 else "one seed per setting"
+    fig.suptitle(f"sweep {sweep.spec.name}: {metric} ({over})", fontsize=10)
+    return fig, ax
 
-    plt = pyplot()
 
-    groups: dict[str, list] = {}
-    shared = [r for r in done if hue and str(r["delta"].get(hue)) == "-"]
-    for r in done:
-        if r in shared:
-            continue
-        groups.setdefault(str(r["delta"].get(hue, "")) if hue else "", []).append(r)
-    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
-    for name, members in sorted(groups.items()) or [("", [])]:
-        pts = sorted(((_axis_value(r["delta"][x]), r["value"]) for r in members + shared), key=lambda p: str(p[0]) if isinstance(p[0], str) else p[0])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{hue}={name}" if hue else None)
-    ax.set_xlabel(x)
-    ax.set_ylabel(done[0]["metric"])
-    ax.set_title(f"sweep {sweep.spec.name}")
-    if hue:
+def _yerr(pts: Sequence[Mapping[str, Any]]) -> list[float]:
+    return [p["ci"] if p["ci"] is not None else 0.0 for p in pts]
+
+
+def _metric_panel(ax, pts: list[dict[str, Any]], x: Optional[str], hue: Optional[str], metric: str) -> None:
+    if x is None:   # no axis to plot along: the settings side by side
+        labels = [delta_text(p["delta"]) for p in pts]
+        ax.errorbar(range(len(pts)), [p["mean"] for p in pts], yerr=_yerr(pts), fmt="o", capsize=4)
+        ax.set_xticks(range(len(pts)), labels, rotation=20, fontsize=7, ha="right")
+    else:
+        shared = [p for p in pts if hue and str(p["delta"].get(hue)) == "-"]
+        groups: dict[str, list] = {}
+        for p in pts:
+            if p not in shared:
+                groups.setdefault(str(p["delta"].get(hue, "")) if hue else "", []).append(p)
+        categorical = any(isinstance(_axis_value(p["delta"][x]), str) for p in pts)
+        ticks = sorted({str(p["delta"][x]) for p in pts}) if categorical else None
+        for name, members in sorted(groups.items()) or [("", [])]:
+            line = sorted(members + shared, key=lambda p: str(p["delta"][x]) if categorical else _axis_value(p["delta"][x]))
+            xs = [ticks.index(str(p["delta"][x])) if categorical else _axis_value(p["delta"][x]) for p in line]
+            ax.errorbar(xs, [p["mean"] for p in line], yerr=_yerr(line), fmt="o-", capsize=4,
+                        label=f"{hue}={name}" if hue else None)
+        if categorical:
+            ax.set_xticks(range(len(ticks)), ticks, rotation=20, fontsize=7)
+        ax.set_xlabel(x)
+        if hue:
+            ax.legend(fontsize=8)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+
+
+def _cost_panel(ax, pts: list[dict[str, Any]], metric: str) -> None:
+    ax.errorbar([p["gflops"] for p in pts], [p["mean"] for p in pts], yerr=_yerr(pts), fmt="o", capsize=4)
+    for p in pts:
+        ax.annotate(delta_text(p["delta"]), (p["gflops"], p["mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    front = [pts[i] for i in pareto_front([(p["gflops"], p["mean"]) for p in pts])]
+    if len(front) > 1:
+        ax.step([p["gflops"] for p in front], [p["mean"] for p in front], where="post", color="C3", lw=1,
+                label="Pareto front")
         ax.legend(fontsize=8)
-    return save_png(fig, path)
+    ax.set_xlabel(f"GFLOPs per image ({COST_KEY})")
+    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.set_title("quality vs cost", fontsize=9)
+    ax.margins(x=0.18, y=0.1)   # room for the labels of the outermost points
+    ax.grid(alpha=0.3)
+
+
+def plot(sweep, rows: Sequence[Mapping[str, Any]], path: Path) -> Optional[Path]:
+    """Write :func:`summary_figure` to ``path``; None when no cell has finished."""
+    made = summary_figure(sweep, rows)
+    if made is None:
+        return None
+    from harness.core.figures import save_png
+
+    return save_png(made[0], path)
 
 
 def finish_summary(sweep, run_id: Optional[str], echo: Callable[..., Any] = print) -> dict[str, Any]:

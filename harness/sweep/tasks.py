@@ -78,7 +78,7 @@ def evaluate_cell(sweep_dir: Path, cell_id: str, sweep_run_id: Optional[str] = N
     record = {"cell_id": cell_id, "run_id": res["run_id"], "metrics": res.get("metrics", {}),
               "protocol": res.get("protocol", {}), "units": {r: s.hash for r, s in units.items()},
               "units_trained": res["units_trained"], "units_reused": res["units_reused"], "seconds": res["seconds"],
-              "cost": res.get("cost") or {}, "method_info": res.get("method_info") or {}}
+              "cost": res.get("cost") or {}, "method_info": res.get("method_info") or {}}   # cost: the summary's quality-vs-cost panel
     if dist.is_main():
         state.record_units(sweep_dir, cell_id, trained, [s.hash for s in units.values() if s.hash not in missing])
         state.record_result(sweep_dir, cell_id, record)

@@ -17,6 +17,11 @@ from harness.tables.render import FORMATS
 
 PAPER_COLUMNS = {"row": "row", "column": "column", "paper": "paper", "ours": "ours", "ours_n": "n seeds",
                  "ours_scale": "our scale", "ours_protocol": "our protocol"}
+# on request (--columns, --all; every file format): the rest of what a paper row knows
+PAPER_EXTRA = {"paper_protocol": "paper protocol", "ours_metric": "our metric", "seed_ref": "seed line",
+               "ours_runs": "our runs"}
+# the order in which a terminal drops paper columns that do not fit (last first)
+PAPER_PRIORITY = ("row", "paper", "ours", "column", "n seeds", "paper setting", "our scale", "our protocol")
 
 
 def _split_overrides(overrides: list[str]) -> tuple[Optional[str], list[str]]:
@@ -59,7 +64,8 @@ def _paper_frames(tables, runs: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFr
         cols = dict(PAPER_COLUMNS)
         if part["paper_setting"].astype(bool).any():  # rows that differ in protocol (seed 003 Tab. 4: CFG, steps)
             cols = {"row": "row", "paper_setting": "paper setting", **{k: v for k, v in cols.items() if k != "row"}}
-        show = part[list(cols)].rename(columns=cols)
+        show = part[list(cols) + list(PAPER_EXTRA)].rename(columns={**cols, **PAPER_EXTRA})
+        show.attrs["default"] = [c for c in PAPER_PRIORITY if c in show.columns]
         proto = "; ".join(f"{k}: {v}" for k, v in t.protocol.items())
         note = f" Note: {t.note}" if t.note else ""
         caption = f"[{t.id}] seed {t.seed_file.split('_')[0]} {t.table}: {t.title}. Paper protocol: {proto or 'n/a'}.{note}"
@@ -74,18 +80,62 @@ def _runs_sections(args, uri: str, sweep: Optional[str]) -> tuple[list[tuple[str
     runs = load_runs(uri, experiment=args.experiment, sweep=sweep)
     what = f"runs of sweep {sweep!r}" if sweep else (f"runs of experiment {args.experiment!r}" if args.experiment else "experiment runs")
     require_runs(runs, what, uri)
-    table = runs_table(runs)
+    table = runs_table(runs, metric=_sweep_metric(uri, sweep) if sweep else None)
     title = f"sweep {sweep}" if sweep else f"MLflow experiment {args.experiment or ', '.join(sorted(runs['experiment'].unique()))}"
     return [(f"{title}: mean ± 95 % CI over seeds", table)], runs
+
+
+def _sweep_metric(uri: str, sweep: str) -> Optional[str]:
+    """The metric the sweep file names (tag ``harness.sweep_metric`` of its parent run), or None."""
+    from harness.tables.runs import load_runs
+
+    parents = load_runs(uri, sweep=sweep, kind="sweep")
+    col = "tags.harness.sweep_metric"
+    if parents.empty or col not in parents:
+        return None
+    value = parents.sort_values("start_time").iloc[-1][col]
+    return value if isinstance(value, str) and value else None
+
+
+def select_columns(sections: list[tuple[str, pd.DataFrame]], names: Optional[str], every: bool,
+                   terminal: bool) -> list[tuple[str, pd.DataFrame, Optional[list[str]]]]:
+    """(caption, frame, terminal priority) per section: ``--columns`` (in that order), ``--all``, or the default.
+
+    The default is what a reader compares (``attrs["default"]``) on a terminal and every column in a file format.
+    A ``--columns`` name that no section has is a ConfigError listing the columns that exist.
+    """
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        have = list(dict.fromkeys(c for _, df in sections for c in map(str, df.columns)))
+        bad = [n for n in wanted if n not in have]
+        if bad or not wanted:
+            from harness.core.errors import ConfigError
+            from harness.core.registry import suggest
+
+            hint = suggest(bad[0], have) if bad else ""
+            raise ConfigError(f"--columns: no run has column {', '.join(map(repr, bad)) or '(none given)'}.{hint} "
+                              f"Columns: {', '.join(have)}")
+        return [(c, df[[n for n in wanted if n in df.columns]], wanted) for c, df in sections]
+    out = []
+    for caption, df in sections:
+        default = list(df.attrs.get("default") or df.columns)
+        if every or not terminal:
+            out.append((caption, df, default + [c for c in df.columns if c not in default]))
+        else:
+            out.append((caption, df[[c for c in df.columns if c in default]], default))
+    return out
 
 
 def _emit(sections: list[tuple[str, pd.DataFrame]], args) -> None:
     from harness.tables.render import print_rich, render, to_csv
 
-    if args.format is None and args.out is None:
-        for caption, df in sections:
-            print_rich(df, caption)
+    terminal = args.format is None and args.out is None
+    chosen = select_columns(sections, args.columns, args.all, terminal)
+    if terminal:
+        for caption, df, priority in chosen:
+            print_rich(df, caption, priority=priority)
         return
+    sections = [(c, df) for c, df, _ in chosen]
     fmt = args.format or {".tex": "latex", ".csv": "csv"}.get(Path(args.out).suffix, "md")
     if fmt == "csv":
         text = to_csv(pd.concat([df.assign(table=c.split("]")[0].lstrip("[")) for c, df in sections], ignore_index=True))
@@ -163,7 +213,8 @@ def cmd_ui(args) -> int:
         _warn(f"the store {cfg['tracking']['uri']} has no runs yet: the UI will be empty (harness run ... fills it)")
     log = Path(cfg["paths"]["workdir"]) / "mlflow_ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return serve(cfg["tracking"]["uri"], args.port, host=args.host, log=log, experiment=cfg["run"]["experiment_name"])
+    return serve(cfg["tracking"]["uri"], args.port, host=args.host, log=log, experiment=cfg["run"]["experiment_name"],
+                 open_browser=args.open)
 
 
 def add_commands(sub: Any, add: Callable[..., Any]) -> None:
@@ -179,7 +230,12 @@ def add_commands(sub: Any, add: Callable[..., Any]) -> None:
     sp.add_argument("--experiment", default=None, metavar="NAME", help="only runs of this MLflow experiment")
     sp.add_argument("--plots", default=None, metavar="DIR", help="write quality-vs-N / boundaries / GFLOPs PNGs here")
     sp.add_argument("--no-artifacts", action="store_true", help="do not list the runs' PNG artifacts")
+    sp.add_argument("--columns", default=None, metavar="A,B",
+                    help="show these columns, in this order (default: the varied keys, the metric ± CI, n seeds, GFLOPs "
+                         "per image on a terminal; every column in md/latex/csv)")
+    sp.add_argument("--all", action="store_true", help="every column (a terminal still leaves out what does not fit)")
     sp = add("ui", cmd_ui, "the MLflow UI on 127.0.0.1 over the project's store (Ctrl-C stops it)")
     sp.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    sp.add_argument("--open", action="store_true", help="open the runs page in this machine's web browser")
     sp.add_argument("--host", default="127.0.0.1",
                     help="interface to bind (default 127.0.0.1); 0.0.0.0: the tracking server of a cluster's jobs (README)")

@@ -175,20 +175,46 @@ def _fid50k(run: Mapping[str, Any]) -> bool:
         return False
 
 
+# params that cannot change a result (names, paths, the store, the launcher): never a "varied key"
+BOOKKEEPING_PARAMS = ("params.run.", "params.paths.", "params.tracking.", "params.launcher.", "params.protocol.",
+                      "params.dist.")
+COST_METRICS = ("gflops_per_image", "gflops_per_image_seed004")   # the cost column, first one a run has
+
+
 def varying_params(runs: pd.DataFrame, ignore: Sequence[str] = ("params.train.seed",)) -> list[str]:
-    """Param columns whose value differs between runs: what a sweep varied."""
-    cols = [c for c in runs.columns if c.startswith("params.") and c not in ignore and not c.startswith("params.protocol.")]
+    """Param columns whose value differs between runs: what a sweep varied (bookkeeping params excluded)."""
+    cols = [c for c in runs.columns if c.startswith("params.") and c not in ignore and not c.startswith(BOOKKEEPING_PARAMS)]
     return [c for c in cols if runs[c].astype(str).nunique(dropna=False) > 1]
 
 
-def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """A sweep or experiment as a table: one row per setting of the varied params, mean ± 95 % CI over seeds."""
+def choose_metric(runs: pd.DataFrame, wanted: Optional[str] = None) -> Optional[str]:
+    """The metric a reader compares (a name without ``metrics.``): ``wanted`` exactly, else the first metric
+    named ``<wanted>_*``, else the quality metric (FID on Inception-V3 first, then the FD stand-ins)."""
+    have = sorted(c[len("metrics."):] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any())
+    if wanted:
+        if wanted in have:
+            return wanted
+        hit = next((m for m in have if m.startswith(f"{wanted}_")), None)
+        if hit:
+            return hit
+    cols = [c for c in metric_columns(runs, "fid") if runs[c].notna().any()]
+    return cols[0][len("metrics."):] if cols else None
+
+
+def runs_table(runs: pd.DataFrame, metric: Optional[str] = None) -> pd.DataFrame:
+    """A sweep or experiment as a table: one row per setting of the varied params, mean ± 95 % CI over seeds.
+
+    Every column is in the frame; ``attrs["default"]`` lists what a reader compares (the varied keys, the
+    metric ``metric`` or :func:`choose_metric`'s, ``n_seeds``, the cost in GFLOPs per image), in priority order.
+    """
     if runs.empty:
         return pd.DataFrame()
     finished = runs[runs["status"] == "FINISHED"] if "status" in runs else runs
     keys = varying_params(finished) or []
     metrics = sorted(c for c in finished.columns if c.startswith("metrics.") and finished[c].notna().any()
                      and not c.startswith(("metrics.train_", "metrics.boundary_")))
+    chosen = choose_metric(finished, metric)
+    cost = next((m for m in COST_METRICS if f"metrics.{m}" in metrics), None)
     rows = []
     groups = finished.groupby(keys, dropna=False, sort=True) if keys else [((), finished)]
     for values, group in groups:
@@ -203,4 +229,8 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
             row[m[len("metrics."):]] = format_value(*ci95(vals), len(vals)) if vals else MISSING
         row["runs"] = ",".join(group["run_id"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    lead = [k[len("params."):] for k in keys] + [c for c in (chosen, "n_seeds", cost) if c]
+    table = table[lead + [c for c in table.columns if c not in lead]]
+    table.attrs["default"] = lead
+    return table

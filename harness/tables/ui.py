@@ -197,7 +197,7 @@ def _signals(handler: Any) -> Iterator[None]:
 
 
 def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable[[str], None] = print,
-          log: Optional[Path] = None, experiment: Optional[str] = None) -> int:
+          log: Optional[Path] = None, experiment: Optional[str] = None, open_browser: bool = False) -> int:
     """Start, wait until healthy, print the URL, then block until Ctrl-C or SIGTERM (exit 0) or the server dies.
 
     ``experiment``: an MLflow experiment name whose runs page is printed too (MLflow 3 opens an
@@ -211,7 +211,7 @@ def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable
         proc, url = start_ui(uri, port, host=host, cluster=cluster, log=log)
         try:
             return _watch(proc, url, uri, cluster=cluster, host=host, port=port, say=say, log=log,
-                          experiment=experiment)
+                          experiment=experiment, open_browser=open_browser)
         except KeyboardInterrupt:
             say("stopping the MLflow UI")
             return 0
@@ -221,7 +221,7 @@ def serve(uri: str, port: int = DEFAULT_PORT, *, host: str = HOST, say: Callable
 
 
 def _watch(proc: subprocess.Popen, url: str, uri: str, *, cluster: bool, host: str, port: int,
-           say: Callable[[str], None], log: Optional[Path], experiment: Optional[str]) -> int:
+           say: Callable[[str], None], log: Optional[Path], experiment: Optional[str], open_browser: bool = False) -> int:
     """Wait until healthy, print where the UI is, then until the server exits: 0 if it was stopped, else 1."""
     say(f"starting the MLflow UI on {url} (store {uri}) ...")
     if not wait_healthy(url, proc):
@@ -234,15 +234,98 @@ def _watch(proc: subprocess.Popen, url: str, uri: str, *, cluster: bool, host: s
     runs_page = _runs_page(uri, experiment)
     if runs_page:
         say(f"runs of {experiment!r}: {url}/{runs_page}")
+    if open_browser:   # --open: this machine's browser on the runs page (nothing happens where there is none)
+        import webbrowser
+
+        webbrowser.open(f"{url}/{runs_page}" if runs_page else url)
     proc.wait()
     return 0 if proc.returncode in (0, -signal.SIGTERM, -signal.SIGINT) else 1
 
 
 def _runs_page(uri: str, experiment: Optional[str]) -> Optional[str]:
-    """'#/experiments/<id>/runs' of the named experiment, None when it does not exist."""
+    """The runs page of the named experiment, opened on :func:`write_runs_view`'s view; None when it does not exist."""
     if not experiment:
         return None
     from mlflow.tracking import MlflowClient
 
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
-    return None if exp is None else f"#/experiments/{exp.experiment_id}/runs"
+    if exp is None:
+        return None
+    key = write_runs_view(uri, exp.experiment_id)
+    return f"#/experiments/{exp.experiment_id}/runs" + (f"?{SHARE_PARAM}={key}" if key else "")
+
+
+# MLflow's experiment page reads a shared view (its "Share" button) from the experiment tag
+# mlflow.sharedViewState.<key> named by ?viewStateShareKey=<key>: search facets (searchFilter, orderByKey,
+# orderByAsc) and UI state (selectedColumns as "metrics.`name`" / "params.`name`", groupBy) as plain JSON.
+SHARE_PARAM = "viewStateShareKey"
+SHARE_TAG = "mlflow.sharedViewState."
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"   # not the GenAI overview
+MAX_PARAM_COLUMNS = 8
+
+
+def runs_view(runs) -> Optional[dict[str, Any]]:
+    """The view a reader compares cells in: experiment runs only, grouped by sweep, newest first, with each
+    sweep's metric (its file's ``metric:``, else the quality metric), the cost and the keys its cells vary as
+    columns.  None when the experiment has no experiment runs yet."""
+    from harness.tables.compare import COST_METRICS, choose_metric, varying_params
+    from harness.tables.runs import SWEEP_TAG
+
+    kind = runs.get("tags.harness.kind")
+    if kind is None:
+        return None
+    cells = runs[kind == "experiment"]
+    if cells.empty:
+        return None
+    sweeps = runs[kind == "sweep"]
+    sweep_col = f"tags.{SWEEP_TAG}"
+    groups = []
+    if sweep_col in cells and not sweeps.empty:
+        for _, parent in sweeps.sort_values("start_time", ascending=False).iterrows():
+            members = cells[cells[sweep_col] == parent[sweep_col]]
+            if not members.empty:
+                groups.append((members, parent.get("tags.harness.sweep_metric")))
+    groups = groups or [(cells, None)]
+    metrics, params = [], []
+    for members, wanted in groups:
+        metric = choose_metric(members, wanted if isinstance(wanted, str) else None)
+        if metric:
+            metrics.append(metric)
+        params += [c[len("params."):] for c in varying_params(members)]
+    metrics += [m for m in COST_METRICS[:1] if f"metrics.{m}" in cells and cells[f"metrics.{m}"].notna().any()]
+    params = list(dict.fromkeys(params))[:MAX_PARAM_COLUMNS] + (["train.seed"] if "params.train.seed" in cells else [])
+    columns = [f"metrics.`{m}`" for m in dict.fromkeys(metrics)] + [f"params.`{p}`" for p in dict.fromkeys(params)]
+    view: dict[str, Any] = {"searchFilter": "tags.`harness.kind` = 'experiment'", "orderByKey": "attributes.start_time",
+                            "orderByAsc": False, "selectedColumns": columns}
+    if sweep_col in cells and cells[sweep_col].notna().any():
+        # one group per sweep (expanded, the mean of each metric on its row); runs of no sweep in an expanded group too
+        view["groupBy"] = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": SWEEP_TAG}]}
+        view["groupsExpanded"] = {f"tag.{SWEEP_TAG}": True}
+    return view
+
+
+def write_runs_view(uri: str, experiment_id: str) -> Optional[str]:
+    """Store :func:`runs_view` of the experiment as a shared MLflow view; its key (content hash), or None.
+
+    Also marks the experiment a model-training one (``mlflow.experimentKind``), so MLflow shows its runs
+    rather than its GenAI overview wherever it is opened.
+    """
+    import hashlib
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from harness.tables.runs import load_runs
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment(experiment_id)
+    if KIND_TAG not in exp.tags:
+        client.set_experiment_tag(experiment_id, KIND_TAG, TRAINING_KIND)
+    view = runs_view(load_runs(uri, experiment=exp.name, kind=None))
+    if view is None:
+        return None
+    text = json.dumps(view, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if exp.tags.get(SHARE_TAG + key) != text:
+        client.set_experiment_tag(experiment_id, SHARE_TAG + key, text)
+    return key

@@ -87,7 +87,9 @@ class Tracker:
             db = Path(self.uri[len("sqlite:///"):])
             location = ((db if db.is_absolute() else Path.cwd() / db).parent / "mlartifacts").as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            # a model-training experiment: MLflow 3 opens it on its runs, not on its GenAI overview
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # created concurrently by another process
             return self.client.get_experiment_by_name(name).experiment_id
 

@@ -69,7 +69,7 @@ def _oom_error(step: int, per_rank: int, batch_gpu: Optional[int]) -> HarnessErr
 
 
 def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run_id: Optional[str] = None,
-               progress: bool = True, stop_after: Optional[int] = None) -> dict[str, Any]:
+               progress: bool = True, stop_after: Optional[int] = None, position: str = "") -> dict[str, Any]:
     """Train one unit to ``spec.train['steps']``, resuming from its latest good checkpoint.
 
     With ``backbone.init_from`` training starts from that checkpoint's weights (EMA included); with
@@ -77,7 +77,10 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
 
     Collective under ``torch.distributed``: every rank calls it.  Returns the completion record
     (written to ``<unit>/done.json`` by rank 0).  ``stop_after`` stops early after that many steps in
-    this call (tests, preemption drills).
+    this call (tests, preemption drills).  ``position`` ("unit 2/3") prefixes the progress output.
+
+    Rank 0 keeps ``<unit>/progress.json`` (step, total, last logged loss, times; written atomically at
+    every ``train.log_every`` boundary), which ``harness sweep`` reads to show units trained in other processes.
     """
     from harness.data.base import build_dataset
 
@@ -124,7 +127,8 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     total, end = int(tc["steps"]), int(tc["steps"]) if stop_after is None else min(int(tc["steps"]), start + stop_after)
     snapshots = set(snapshot_steps(total, int(tc.get("ema_snapshots") or 8))) if power is not None else set()
     loss_sum = torch.zeros((), device=device)
-    bar = _progress(progress and rank == 0, spec.label, total, start)
+    bar = _progress(progress and rank == 0, f"{position} {spec.label}".strip(), total, start)
+    report = ProgressFile(unit_dir, spec, total, start) if rank == 0 else None
     seed = int(tc["seed"])
     model.train()
     batches = rank_batches(dataset, seed=seed, batch_size=int(tc["batch_size"]), interval=spec.interval,
@@ -175,6 +179,8 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
                     tracker.log_metrics(run_id, {"train_loss": value, "lr": opt.param_groups[0]["lr"]}, step=done)
                 if bar is not None:
                     bar.update(done, loss=value)
+                if report is not None:
+                    report.write(done, value)
             elif bar is not None and done % 10 == 0:
                 bar.update(done)
             stop = stop_requested(guard, dist.any_rank)
@@ -215,6 +221,55 @@ def _save(unit_dir: Path, step: int, model, ema, power, opt, meta: dict, tc: dic
                     config_version=CONFIG_VERSION, keep=int(tc["keep_checkpoints"]))
 
 
+PROGRESS_FILE = "progress.json"
+
+
+class ProgressFile:
+    """``<unit>/progress.json``: where a unit's training is, for a reader in another process (``harness sweep``).
+
+    {hash, label, step, total, loss (last logged mean, None before the first log), start_step (this
+    process's first step), started (its wall-clock start), time (of this write), pid}; atomic writes only.
+    """
+
+    def __init__(self, unit_dir: Path, spec: UnitSpec, total: int, start: int) -> None:
+        import os
+        import time
+
+        self.path = Path(unit_dir) / PROGRESS_FILE
+        self.base = {"hash": spec.hash, "label": spec.label, "total": total, "start_step": start,
+                     "started": time.time(), "pid": os.getpid()}
+        self.write(start, None)
+
+    def write(self, step: int, loss: Optional[float]) -> None:
+        import time
+
+        try:
+            write_json_atomic(self.path, {**self.base, "step": step, "loss": loss, "time": time.time()}, indent=None)
+        except OSError:
+            pass   # progress is a courtesy: a full disk is reported by the checkpoint that follows
+
+
+class _Lines:
+    """Progress off a terminal (CI, SLURM and submitit logs): one line at 25, 50, 75 and 100 % of the steps."""
+
+    def __init__(self, label: str, total: int, start: int) -> None:
+        self.label, self.total = label, total
+        self.marks = [m for m in (total // 4, total // 2, 3 * total // 4, total) if m > start and m > 0]
+        self.loss: Optional[float] = None
+        print(f"{label}: training, step {start}/{total}" if start else f"{label}: training, {total} steps", flush=True)
+
+    def update(self, done: int, loss: Optional[float] = None) -> None:
+        self.loss = loss if loss is not None else self.loss
+        if self.marks and done >= self.marks[0]:
+            while self.marks and done >= self.marks[0]:
+                self.marks.pop(0)
+            tail = "" if self.loss is None else f" loss {self.loss:.4f}"
+            print(f"{self.label}: step {done}/{self.total} ({100 * done // max(self.total, 1)} %){tail}", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 class _Bar:
     """A rich progress bar that costs nothing between refreshes."""
 
@@ -236,8 +291,13 @@ class _Bar:
         self.progress.stop()
 
 
-def _progress(enabled: bool, label: str, total: int, start: int) -> Optional[_Bar]:
-    return _Bar(label, total, start) if enabled else None
+def _progress(enabled: bool, label: str, total: int, start: int):
+    """A rich bar on a terminal, milestone lines elsewhere, or None."""
+    import sys
+
+    if not enabled:
+        return None
+    return _Bar(label, total, start) if sys.stdout.isatty() else _Lines(label, total, start)
 
 
 def load_unit_field_parts(spec: UnitSpec, workdir: Path, *, use_ema: bool = True, device: str = "cpu",
