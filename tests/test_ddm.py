@@ -436,3 +436,17 @@ def test_switch_runs_end_to_end_and_a_threshold_change_only_resamples(tmp_path, 
     assert first["units_trained"] == 2 and math.isfinite(first["metrics"]["fd_raw_200"])
     again = run_experiment(switch_cfg(tmp_path, *extra, "method.threshold=0.2", "method.low_noise=fm"))
     assert again["units_trained"] == 0 and again["units_reused"] == 2
+
+
+def test_eq31_damps_only_cosine_schedule_experts(float64):
+    """Seed 003 Eq. 31 is "for cosine schedules": a linear-schedule DDPM expert converts undamped."""
+    from harness.objectives.ddpm import DDPMEpsilon
+
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.randn(64, 3, generator=g, dtype=torch.float64), 0.2 + 0.7 * torch.rand(64, generator=g, dtype=torch.float64)
+    net = lambda xt, tau, y: 0.3 * xt + tau[:, None]                                      # any eps-network
+    for schedule, damped in (("cosine", True), ("linear", False)):
+        velocity = {d: DDPMEpsilon(schedule, conversion="seed003", damping=d, alpha_min=0.0).velocity(net, x, t, None)
+                    for d in ("eq31", "none")}
+        factor = damping_eq31(1 - t)[:, None] if damped else torch.ones_like(t)[:, None]
+        assert torch.allclose(velocity["eq31"], factor * velocity["none"], atol=1e-12), schedule

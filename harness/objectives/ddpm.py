@@ -40,6 +40,8 @@ class DDPMEpsilon(Objective):
             raise ConfigError(f"objective.damping: {damping!r} is not one of {', '.join(DAMPINGS)}",
                               hint="literal = seed 003 Sec. 6.2 as printed (identity on [0, 1]); eq31 = Sec. 8.3.4")
         self.schedule = make_schedule(schedule)
+        # seed 003 Eq. 31 damps "for cosine schedules" only: another schedule's converted velocity is left undamped
+        self.damps = str(schedule).startswith("cosine")
         self.conversion, self.clamp, self.alpha_min, self.damping = conversion, clamp, alpha_min, damping
         self.parameterisation = Parameterisation("eps", self.schedule)
 
@@ -58,7 +60,7 @@ class DDPMEpsilon(Objective):
         if self.conversion == "seed003":
             tau = 1 - t
             return seed003_velocity(self.eps(net, x, tau, y), x, tau, self.schedule, alpha_min=self.alpha_min,
-                                    clamp=self.clamp, damping_mode=self.damping)
+                                    clamp=self.clamp, damp=self.damps, damping_mode=self.damping)
         return snr_aligned_velocity(lambda xt, tau: self.eps(net, xt, tau, y), x, t, self.schedule, clamp=self.clamp)
 
     def predict(self, net: NetFn, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> Prediction:
