@@ -309,7 +309,8 @@ def test_diffmoe_method_shares_the_monolithic_unit_and_sets_inference() -> None:
 
 @pytest.mark.parametrize("experiment", ["dense_moe_mini_fmnist", "tc_moe_mini_fmnist", "ec_moe_mini_fmnist",
                                         "diffmoe_mini_fmnist"])
-def test_mini_twins_have_equal_activated_size(experiment: str) -> None:
+def test_mini_twins_activate_the_dense_size_plus_at_most_5_percent(experiment: str) -> None:
+    """Not equal: routers and capacity predictors come on top (see the hand count below)."""
     cfg = load([f"experiment={experiment}"])
     model = build_backbone(cfg["backbone"], (1, 28, 28), 10)
     dense = build_backbone(load(["experiment=dense_moe_mini_fmnist"])["backbone"], (1, 28, 28), 10)
@@ -533,3 +534,38 @@ def test_evaluation_logs_per_layer_capacity_and_the_curves_artifact(monkeypatch)
     assert curves == result["moe_capacity"] and curves["layers"] == 2
     assert curves["by_t"]["n"][2] == 8                     # 4 samples x 2 layers in the bin of t = 0.25
     assert set(curves["by_class"]) == {"1", "2", "null"}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_describe_counts_the_capacity_predictor_in_activated_params_and_gmacs(mode: str) -> None:
+    """Hand count, tiny DiT (D = 16, 16 tokens, 2 DiffMoE layers of N = 4): the predictor is activated by every token."""
+    N, S, L = 4, 16, 2
+    moe, dense = tiny_dit("diffmoe", N), tiny_dit("dense")
+    getattr(moe, mode)()
+    getattr(dense, mode)()
+    info, base = describe(moe, (1, 8, 8)), describe(dense, (1, 8, 8))
+    router, predictor, thresholds = N * D, (D * D + D) + (D * N + N), N
+    assert info["params_routing"] == L * (router + predictor + thresholds)
+    assert info["params_activated"] == base["params"] + L * (router + predictor + thresholds)
+    assert info["params_activated"] > base["params_activated"]            # not "equal activated parameters"
+    # k = S / N tokens per expert at C_train = 1: the experts cost the dense FFN; router + predictor come on top
+    assert info["gmacs"] - base["gmacs"] == pytest.approx(L * S * (D * N + D * D + D * N) / 1e9, rel=1e-9)
+
+
+def test_mini_twins_activated_size_differs_by_the_routing_parameters() -> None:
+    dense = describe(lambda: build_backbone(load(["experiment=dense_moe_mini_fmnist"])["backbone"], (1, 28, 28), 10),
+                     (1, 28, 28))
+    moe = describe(lambda: build_backbone(load(["experiment=diffmoe_mini_fmnist"])["backbone"], (1, 28, 28), 10),
+                   (1, 28, 28))
+    assert moe["params_activated"] / dense["params"] - 1 == pytest.approx(0.0275, abs=5e-4)   # +2.7 %
+    assert moe["gmacs"] / dense["gmacs"] - 1 == pytest.approx(0.0346, abs=5e-4)              # +3.4 %
+
+
+@pytest.mark.parametrize("overrides,backbone", [(["method=diffmoe"], "unet"),
+                                                (["method=diffmoe", "backbone=unet_tiny"], "unet")])
+def test_diffmoe_on_a_backbone_without_diffmoe_layers_is_a_config_error(overrides: list, backbone: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(overrides)
+    line = err.value.one_line()
+    assert f"backbone={backbone}" in line and "backbone.ffn=diffmoe" in line and "method=monolithic" in line
+    assert "\n" not in line
