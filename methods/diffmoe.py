@@ -215,10 +215,19 @@ class DiffMoE(Monolithic):
             raise ConfigError(f"method.inference_capacity must be > 0 or null, got {node['inference_capacity']!r}")
         if node.get("select", "router_topk") not in SELECTIONS:
             raise ConfigError(f"method.select must be one of {', '.join(SELECTIONS)}, got {node['select']!r}")
-        ffn = cfg["backbone"].get("ffn")
-        if ffn is not None and ffn != "diffmoe":
+        backbone = cfg["backbone"]
+        ffn = backbone.get("ffn")
+        if ffn is None:  # a backbone without pluggable FFNs (the default UNet) would run dense, labelled DiffMoE
+            raise ConfigError(f"method=diffmoe needs DiffMoE FFN layers but backbone={backbone.get('name')} has none",
+                              hint="use a DiT/SiT backbone with backbone.ffn=diffmoe (e.g. experiment=diffmoe_mini_fmnist), "
+                                   "or method=monolithic")
+        if ffn != "diffmoe":
             raise ConfigError(f"method=diffmoe sets DiffMoE inference options but backbone.ffn={ffn}",
                               hint="set backbone.ffn=diffmoe, or use method=monolithic")
+        layers = backbone.get("ffn_layers")
+        if layers is not None and len(layers) == 0:
+            raise ConfigError(f"method=diffmoe needs DiffMoE FFN layers but backbone.ffn_layers=[] puts none in "
+                              f"backbone={backbone.get('name')}", hint="list the blocks, or set backbone.ffn_layers=null")
 
     def units(self):
         return {"model": super().units()["model"]}
