@@ -91,8 +91,7 @@ class TokenChoiceMoE(MoEFFN):
             outs.append(self.experts.one(i, flat[rows[-1]]) * pair_gate[sel, None].to(flat.dtype))
         rows_all, out_all = torch.cat(rows), torch.cat(outs)
         out = out_all.new_zeros(B * S, D).index_add(0, rows_all, out_all)
-        processed = rows_all.numel()
-        self.record_capacity(processed, B * S)
+        self.record_rows(rows_all, B, S, ctx)
         aux = {}
         if self.training and self.aux_loss_weight > 0:
             aux["loss"] = self.balance_loss(probs, choice)

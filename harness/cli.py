@@ -195,6 +195,11 @@ def cmd_describe(args) -> int:
                                                     if r.get("params_activated", r["params"]) != r["params"] else ""),
                       f"{r['gflops_fmac']:.2f}", f"{r['gmacs']:.2f}")
     _console().print(table)
+    for role, r in info["units"].items():
+        if r.get("params_routing"):
+            _console().print(f"{role}: activated parameters include {r['params_routing'] / 1e6:.3f}M of MoE routers (and capacity "
+                             "predictors, where a layer has one; every token runs them, on top of C_train experts), and so do the "
+                             "GFLOPs/GMACs", highlight=False)
     if info["note"]:
         _console().print(f"note: {info['note']}")
     if args.json:

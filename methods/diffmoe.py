@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.backbones.moe import (ExpertBank, MoEFFN, check_capacity, check_experts, expert_width, ffn_key,
-                                   moe_layers, tokens_per_expert)
+from harness.backbones.moe import (ExpertBank, MoEFFN, capacity_predictor, check_capacity, check_experts,
+                                   ema_threshold_update, expert_width, ffn_key, moe_layers, tokens_per_expert)
 from harness.baselines.monolithic import Monolithic
 from harness.core.errors import ConfigError
 from harness.field import Field, Net
@@ -54,16 +54,6 @@ def check_threshold(value: float | None, key: str) -> float | None:
         raise ConfigError(f"{key} must be in [0, 1) (the capacity predictor outputs sigmoid probabilities) "
                           f"or null for the dynamic EMA threshold, got {value!r}")
     return float(value)
-
-
-def _world_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean over DDP ranks; the identity (and no collective call) without an initialised process group."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= dist.get_world_size()
-    return value
 
 
 @register("ffn", "diffmoe")
@@ -87,7 +77,7 @@ class DiffMoEFFN(MoEFFN):
         self.predictor_loss_weight, self.threshold_ema = float(predictor_loss_weight), float(threshold_ema)
         self.router = nn.Parameter(torch.empty(n, dim))                  # W_r^T (N, D), no bias
         self.experts = ExpertBank(n, dim, expert_width(dim, hidden_ratio, expert_ratio))
-        self.predictor = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, n))  # CP, Eq. 10
+        self.predictor = capacity_predictor(dim, n)                        # CP, Eq. 10
         # tau (N,): a frozen parameter, not a buffer, so the trainer's weight EMA averages it as the
         # authors' update_ema averages buffers; the optimizer never touches it (no gradient).
         self.expert_threshold = nn.Parameter(torch.zeros(n), requires_grad=False)
@@ -132,15 +122,9 @@ class DiffMoEFFN(MoEFFN):
         out = self.experts(flat[index]) * gate.unsqueeze(-1).to(flat.dtype)   # (N, k, D)
         return out.new_zeros(flat.shape).index_add(0, index.reshape(-1), out.reshape(N * k, -1))
 
-    @torch.no_grad()
     def update_threshold(self, cp_logits: torch.Tensor, k: int) -> None:
         """Eq. 17: tau_i <- a tau_i + (1 - a) * (k-th largest sigmoid(CP)_{:, i}), rank-averaged."""
-        if cp_logits.is_meta:
-            return
-        quantile = torch.sigmoid(cp_logits.float()).topk(k, dim=0).values[-1]   # (N,)
-        quantile = _world_mean(quantile)
-        tau = self.expert_threshold
-        tau.mul_(self.threshold_ema).add_((1.0 - self.threshold_ema) * quantile.to(tau.dtype))
+        ema_threshold_update(self.expert_threshold, cp_logits, k, self.threshold_ema)
 
     def thresholds(self) -> torch.Tensor:
         """tau (N,) used at inference: the fixed gamma, else the EMA thresholds."""
@@ -157,10 +141,12 @@ class DiffMoEFFN(MoEFFN):
             y, aux = self._forward_train(flat)
             return y.reshape(B, S, D), aux
         if not self.use_predictor or flat.is_meta:
+            if flat.is_meta and self.use_predictor:  # counted from shapes: the predictor runs, experts at C_train
+                self.predictor(flat)
             gate, index = self.pool_topk(self.scores(flat), self.inference_capacity or self.nominal_capacity)
-            self.record_capacity(index.numel(), flat.shape[0])
+            self.record_rows(index, B, S, ctx)
             return self._mix(flat, gate, index).reshape(B, S, D), {}
-        return self._forward_dynamic(flat).reshape(B, S, D), {}
+        return self._forward_dynamic(flat, B, S, ctx).reshape(B, S, D), {}
 
     def _forward_train(self, flat: torch.Tensor) -> tuple[torch.Tensor, dict]:
         cp_logits = self.predictor(flat.detach())                           # (T, N), sg[x] (Eq. 11)
@@ -172,7 +158,7 @@ class DiffMoEFFN(MoEFFN):
         self.update_threshold(cp_logits.detach(), index.shape[1])
         return y, ({"loss": self.predictor_loss_weight * loss} if self.predictor_loss_weight > 0 else {})
 
-    def _forward_dynamic(self, flat: torch.Tensor) -> torch.Tensor:
+    def _forward_dynamic(self, flat: torch.Tensor, B: int, S: int, ctx: dict[str, Any] | None = None) -> torch.Tensor:
         """Alg. 4: K_i = #{s : sigmoid(CP(x))_{s,i} > tau_i}; expert i takes K_i tokens (Eq. 14)."""
         probs = self.scores(flat)                                           # (T, N)
         passes = torch.sigmoid(self.predictor(flat)) > self.thresholds().to(flat.dtype)  # (T, N)
@@ -186,9 +172,10 @@ class DiffMoEFFN(MoEFFN):
                 gate_i = probs[idx_i, i]
             rows.append(idx_i)
             outs.append(self.experts.one(i, flat[idx_i]) * gate_i.unsqueeze(-1).to(flat.dtype))
-        self.record_capacity(counts.sum(), flat.shape[0])
+        rows = torch.cat(rows)
+        self.record_rows(rows, B, S, ctx)
         out = torch.cat(outs)
-        return out.new_zeros(flat.shape).index_add(0, torch.cat(rows), out)
+        return out.new_zeros(flat.shape).index_add(0, rows, out)
 
 
 class PooledNet(Net):
@@ -228,10 +215,19 @@ class DiffMoE(Monolithic):
             raise ConfigError(f"method.inference_capacity must be > 0 or null, got {node['inference_capacity']!r}")
         if node.get("select", "router_topk") not in SELECTIONS:
             raise ConfigError(f"method.select must be one of {', '.join(SELECTIONS)}, got {node['select']!r}")
-        ffn = cfg["backbone"].get("ffn")
-        if ffn is not None and ffn != "diffmoe":
+        backbone = cfg["backbone"]
+        ffn = backbone.get("ffn")
+        if ffn is None:  # a backbone without pluggable FFNs (the default UNet) would run dense, labelled DiffMoE
+            raise ConfigError(f"method=diffmoe needs DiffMoE FFN layers but backbone={backbone.get('name')} has none",
+                              hint="use a DiT/SiT backbone with backbone.ffn=diffmoe (e.g. experiment=diffmoe_mini_fmnist), "
+                                   "or method=monolithic")
+        if ffn != "diffmoe":
             raise ConfigError(f"method=diffmoe sets DiffMoE inference options but backbone.ffn={ffn}",
                               hint="set backbone.ffn=diffmoe, or use method=monolithic")
+        layers = backbone.get("ffn_layers")
+        if layers is not None and len(layers) == 0:
+            raise ConfigError(f"method=diffmoe needs DiffMoE FFN layers but backbone.ffn_layers=[] puts none in "
+                              f"backbone={backbone.get('name')}", hint="list the blocks, or set backbone.ffn_layers=null")
 
     def units(self):
         return {"model": super().units()["model"]}

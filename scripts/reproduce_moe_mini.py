@@ -1,7 +1,8 @@
 """Mini reproduction of seed 002's baseline comparison (Tab. 3 at CPU scale): dense vs TC vs EC vs DiffMoE.
 
 The four ``*_moe_mini_fmnist`` experiments (DiT width 128, depth 4, patch 4 on Fashion-MNIST 28x28;
-MoE with 4 experts in blocks 1 and 3 at C_train = 1, so equal activated parameters during training)
+MoE with 4 experts in blocks 1 and 3 at C_train = 1, so equal expert compute; activated parameters add the routers
+and, for DiffMoE, the capacity predictors: +2.7 % params, +3.4 % GMACs over dense, see `harness describe`)
 are ordinary ``harness run`` cells.  Within a seed all four share ``train.seed`` (init stream, data
 order, noise, t draws), so differences are paired.  Scored with ``eval=fd_cnn_fmnist`` (Frechet
 distance on a trained Fashion-MNIST classifier's features, never FID); DiffMoE also reports

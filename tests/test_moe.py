@@ -94,7 +94,8 @@ def test_diffmoe_without_predictor_infers_exactly_as_it_trains_at_c1() -> None:
             layer.configure_inference(use_predictor=False)
         eval_out = model.eval()(x, t, y)
     assert torch.equal(train_out, eval_out)
-    assert routing_metrics(Net(model, None)) == {"moe_c_infer_avg": pytest.approx(1.0)}
+    assert routing_metrics(Net(model, None)) == {"moe_c_infer_avg": pytest.approx(1.0), "moe_c_infer_layer0": pytest.approx(1.0),
+                                                 "moe_c_infer_layer1": pytest.approx(1.0)}
 
 
 def test_diffmoe_threshold_is_an_ema_of_the_kth_largest_prediction() -> None:
@@ -308,7 +309,8 @@ def test_diffmoe_method_shares_the_monolithic_unit_and_sets_inference() -> None:
 
 @pytest.mark.parametrize("experiment", ["dense_moe_mini_fmnist", "tc_moe_mini_fmnist", "ec_moe_mini_fmnist",
                                         "diffmoe_mini_fmnist"])
-def test_mini_twins_have_equal_activated_size(experiment: str) -> None:
+def test_mini_twins_activate_the_dense_size_plus_at_most_5_percent(experiment: str) -> None:
+    """Not equal: routers and capacity predictors come on top (see the hand count below)."""
     cfg = load([f"experiment={experiment}"])
     model = build_backbone(cfg["backbone"], (1, 28, 28), 10)
     dense = build_backbone(load(["experiment=dense_moe_mini_fmnist"])["backbone"], (1, 28, 28), 10)
@@ -368,3 +370,202 @@ def test_measured_gflops_follow_the_inference_capacity() -> None:
     predictor = 2 * (D * D + D * 4) * 16 / 1e9          # the capacity predictor runs only on the dynamic path
     # 2 MoE layers, each with N - 1 = 3 more experts' worth of tokens (C = N at tau = 0) plus the predictor
     assert gflops[0.0] - gflops[None] == pytest.approx(2 * (3 * expert + predictor), rel=1e-6)
+
+
+# ---------------------------------------------------------------- issue 16 (seed 002 fidelity)
+def test_ec_inference_routing_is_validated_with_one_line_errors() -> None:
+    for build in (lambda: load(["experiment=ec_moe_mini_fmnist", "+backbone.ffn_kwargs.inference_routing=dynamic"]),
+                  lambda: tiny_dit("ec_moe", inference_routing="dynamic")):
+        with pytest.raises(ConfigError) as err:
+            build()
+        line = err.value.one_line()
+        assert "backbone.ffn_kwargs.inference_routing" in line and "dynamic_intra_sample" in line and "\n" not in line
+    load(["experiment=ec_moe_mini_fmnist", "+backbone.ffn_kwargs.inference_routing=dynamic_intra_sample"])
+
+
+def test_ec_dynamic_intra_sample_routing_varies_capacity_per_sample_within_samples() -> None:
+    """Tab. 8 "L2: Local Dynamic Intra-sample Routing": K_{b,i} from the predictor, top-K_{b,i} of sample b only."""
+    torch.manual_seed(4)
+    B, S, N = 3, 16, 4
+    layer = ExpertChoiceMoE(D, num_experts=N, inference_routing="dynamic_intra_sample")
+    x = torch.randn(B, S, D)
+    x[0] *= 3.0                                            # samples that differ, so their capacities differ
+    _, aux = layer.train()(x)                              # training: EC's per-sample top-k, plus L_CP and tau
+    k = S // N
+    cp = layer.predictor(x.reshape(-1, D))
+    q = torch.sigmoid(cp).topk(B * k, dim=0).values[-1]     # the (B k)-th largest prediction of the batch
+    torch.testing.assert_close(layer.expert_threshold.data, 0.05 * q.detach())
+    assert aux["loss"] > 0
+    layer.eval()
+    with torch.no_grad():
+        layer.expert_threshold.copy_(torch.sigmoid(cp).median(0).values)   # about half the tokens pass
+        y, _ = layer(x)
+        passes = (torch.sigmoid(cp) > layer.expert_threshold).reshape(B, S, N)
+        ref = torch.zeros_like(x)
+        for b in range(B):
+            probs = torch.softmax(x[b] @ layer.router.t(), dim=-1)
+            chosen = [probs[:, i].argsort(descending=True)[:int(passes[b, :, i].sum())] for i in range(N)]
+            ref[b] = brute_force_moe(layer, x[b], chosen, probs)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    per_sample = passes.sum((1, 2)).double() / S
+    assert len(set(per_sample.tolist())) > 1               # dynamic: samples get different capacities
+    assert layer.moe_stats()["capacity_sum"] == pytest.approx(float(per_sample.mean()))
+    # the static twin has no predictor; its routing is unchanged
+    static = ExpertChoiceMoE(D, num_experts=N)
+    assert not hasattr(static, "predictor") and static.inference_routing == "static_topk"
+
+
+def test_ec_dynamic_paper_row_matches_its_config_and_the_static_row_does_not() -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from harness.tables.compare import match_mask
+    from harness.tables.paper import load_paper_file
+    from harness.track.store import flatten
+
+    tables = load_paper_file(Path(__file__).resolve().parents[1] / "results/paper/seed002_diffmoe.yaml")
+    ec = {e.value: e.match for t in tables if t.table == "Table 8" for e in t.entries if e.row.startswith("EC-DiT")}
+    assert set(ec) == {"16.12", "23.74"}
+    for routing, want in ((None, "16.12"), ("dynamic_intra_sample", "23.74")):
+        extra = [] if routing is None else [f"+backbone.ffn_kwargs.inference_routing={routing}"]
+        cfg = load(["experiment=ec_moe_mini_fmnist", "backbone.ffn_kwargs.num_experts=16", *extra])
+        run = pd.DataFrame([{f"params.{k}": (None if v is None else str(v)) for k, v in flatten(cfg).items()}])
+        hits = {value for value, match in ec.items() if bool(match_mask(run, match).iloc[0])}
+        assert hits == {want}
+
+
+def _predicted_layer(seed: int = 5) -> DiffMoEFFN:
+    torch.manual_seed(seed)
+    layer = DiffMoEFFN(D, num_experts=4).eval()
+    layer.configure_inference(threshold=0.5, select="predicted")   # rows = exactly the tokens that pass
+    return layer
+
+
+def test_capacity_is_logged_per_layer_per_time_bin_and_per_class() -> None:
+    """Fig. 1c/d, 12-14: C_b = processed (token, expert) pairs of sample b / S, averaged per t bin and label."""
+    from harness.backbones.moe import routing_curves, routing_totals
+
+    layer = _predicted_layer()
+    B, S = 4, 8
+    x = torch.randn(B, S, D) * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(B, 1, 1)
+    t, y = torch.tensor([0.05, 0.05, 0.51, 0.99]), torch.tensor([3, 7, 3, 10])   # 10 = the null class of 10
+    with torch.no_grad():
+        layer(x, {"t": t, "y": y})
+        layer(x[:2], {"t": torch.tensor(0.55), "y": None})                      # a scalar t, no labels
+        c_b = (torch.sigmoid(layer.predictor(x.reshape(-1, D))) > 0.5).reshape(B, S, -1).sum((1, 2)).double() / S
+    c = c_b.tolist()
+    curves = routing_curves(layer, num_classes=10)
+    by_t = curves["by_t"]
+    assert curves["t_bins"][:2] == [0.0, 0.1] and len(by_t["c"]) == 10
+    assert by_t["c"][0] == pytest.approx((c[0] + c[1]) / 2) and by_t["n"][0] == 2
+    assert by_t["c"][5] == pytest.approx((c[2] + c[0] + c[1]) / 3) and by_t["n"][5] == 3   # t = 0.51 and 0.55
+    assert by_t["c"][9] == pytest.approx(c[3]) and by_t["c"][3] is None
+    assert curves["by_class"]["3"] == {"c": pytest.approx((c[0] + c[2]) / 2), "n": 2}
+    assert curves["by_class"]["7"]["c"] == pytest.approx(c[1])
+    assert curves["by_class"]["null"]["c"] == pytest.approx(c[3])
+    assert curves["by_class"]["none"] == {"c": pytest.approx((c[0] + c[1]) / 2), "n": 2}
+    assert curves["by_layer_t"] == [by_t["c"]]
+    metrics = routing_metrics(layer)
+    assert metrics["moe_c_infer_layer0"] == metrics["moe_c_infer_avg"] == pytest.approx(
+        (sum(c) / B + (c[0] + c[1]) / 2) / 2)                                  # Eq. 15: mean over forwards
+    assert len(routing_totals(layer, 10)) == len(routing_totals(_predicted_layer(), 10))   # same on every rank
+
+
+def test_routing_totals_sum_over_ranks_like_one_process() -> None:
+    """The pipeline all-sums routing_totals over ranks: two shards then read as one process that saw both."""
+    from harness.backbones.moe import routing_curves, routing_totals
+
+    x, t, y = torch.randn(6, 8, D), torch.rand(6), torch.randint(4, (6,))
+    whole, rank0, rank1 = _predicted_layer(), _predicted_layer(), _predicted_layer()
+    with torch.no_grad():
+        whole(x[:3], {"t": t[:3], "y": y[:3]})
+        whole(x[3:], {"t": t[3:], "y": y[3:]})
+        rank0(x[:3], {"t": t[:3], "y": y[:3]})
+        rank1(x[3:], {"t": t[3:], "y": y[3:]})
+    summed = [a + b for a, b in zip(routing_totals(rank0, 4), routing_totals(rank1, 4))]
+    assert routing_metrics(whole, None, 4) == pytest.approx(routing_metrics(whole, summed, 4))
+    assert routing_curves(whole, None, 4) == routing_curves(whole, summed, 4)
+
+
+def test_evaluation_logs_per_layer_capacity_and_the_curves_artifact(monkeypatch) -> None:
+    """harness/evaluate/pipeline.py logs what routing_metrics / routing_curves return (the engine names no method)."""
+    import harness.evaluate.pipeline as pipeline
+
+    model = tiny_dit("diffmoe").eval()
+    field = Net(model, build_objective({"name": "flow_matching"}))
+
+    class Pass:
+        nfe, n, grid, features = 1, 4, None, None
+
+    def fake_sample_pass(field, cfg, dataset, **kw):
+        with torch.no_grad():
+            field.velocity(torch.randn(4, 1, 8, 8), torch.full((4,), 0.25), torch.tensor([1, 2, 2, 10]))
+        return Pass()
+
+    class Data:
+        num_classes = 10
+
+    class Datasets:
+        def get(self, node):
+            return Data()
+
+    logged = {}
+
+    class Tracker:
+        def log_metrics(self, run_id, metrics):
+            logged["metrics"] = metrics
+
+        def log_params(self, run_id, params):
+            pass
+
+        def log_dict(self, run_id, obj, name):
+            logged[name] = obj
+
+    monkeypatch.setattr(pipeline, "sample_pass", fake_sample_pass)
+    monkeypatch.setattr(pipeline, "check_metric_reference", lambda *a: None)
+    monkeypatch.setattr(pipeline, "check_exact_metrics", lambda *a: None)
+    monkeypatch.setattr(pipeline, "exact_metrics", lambda *a, **k: ({}, {}))
+    cfg = {"eval": {"metrics": [], "device": "cpu"}, "data": {"name": "x"}}
+    monkeypatch.setattr(pipeline, "eval_device", lambda cfg: torch.device("cpu"))
+    result = pipeline.evaluate_field(field, cfg, datasets=Datasets(), tracker=Tracker(), run_id="r")
+    assert {"moe_c_infer_avg", "moe_c_infer_layer0", "moe_c_infer_layer1"} <= set(logged["metrics"])
+    curves = logged["moe_capacity.json"]
+    assert curves == result["moe_capacity"] and curves["layers"] == 2
+    assert curves["by_t"]["n"][2] == 8                     # 4 samples x 2 layers in the bin of t = 0.25
+    assert set(curves["by_class"]) == {"1", "2", "null"}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_describe_counts_the_capacity_predictor_in_activated_params_and_gmacs(mode: str) -> None:
+    """Hand count, tiny DiT (D = 16, 16 tokens, 2 DiffMoE layers of N = 4): the predictor is activated by every token."""
+    N, S, L = 4, 16, 2
+    moe, dense = tiny_dit("diffmoe", N), tiny_dit("dense")
+    getattr(moe, mode)()
+    getattr(dense, mode)()
+    info, base = describe(moe, (1, 8, 8)), describe(dense, (1, 8, 8))
+    router, predictor, thresholds = N * D, (D * D + D) + (D * N + N), N
+    assert info["params_routing"] == L * (router + predictor + thresholds)
+    assert info["params_activated"] == base["params"] + L * (router + predictor + thresholds)
+    assert info["params_activated"] > base["params_activated"]            # not "equal activated parameters"
+    # k = S / N tokens per expert at C_train = 1: the experts cost the dense FFN; router + predictor come on top
+    assert info["gmacs"] - base["gmacs"] == pytest.approx(L * S * (D * N + D * D + D * N) / 1e9, rel=1e-9)
+
+
+def test_mini_twins_activated_size_differs_by_the_routing_parameters() -> None:
+    dense = describe(lambda: build_backbone(load(["experiment=dense_moe_mini_fmnist"])["backbone"], (1, 28, 28), 10),
+                     (1, 28, 28))
+    moe = describe(lambda: build_backbone(load(["experiment=diffmoe_mini_fmnist"])["backbone"], (1, 28, 28), 10),
+                   (1, 28, 28))
+    assert moe["params_activated"] / dense["params"] - 1 == pytest.approx(0.0275, abs=5e-4)   # +2.7 %
+    assert moe["gmacs"] / dense["gmacs"] - 1 == pytest.approx(0.0346, abs=5e-4)              # +3.4 %
+
+
+@pytest.mark.parametrize("overrides,backbone", [(["method=diffmoe"], "unet"),
+                                                (["method=diffmoe", "backbone=unet_tiny"], "unet")])
+def test_diffmoe_on_a_backbone_without_diffmoe_layers_is_a_config_error(overrides: list, backbone: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(overrides)
+    line = err.value.one_line()
+    assert f"backbone={backbone}" in line and "backbone.ffn=diffmoe" in line and "method=monolithic" in line
+    assert "\n" not in line

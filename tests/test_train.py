@@ -240,3 +240,58 @@ def test_compile_and_activation_checkpointing_train_the_eager_weights(tmp_path):
         assert states[name].keys() == states["eager"].keys(), name
         for key in states["eager"]:
             assert torch.allclose(states[name][key], states["eager"][key], atol=1e-5, rtol=1e-4), (name, key)
+
+
+# ---------------------------------------------------------------- data.hflip (seed 002's recipe)
+def _asymmetric_images(n=64):
+    from harness.data.base import ArrayDataset
+
+    x = torch.zeros(n, 1, 4, 4)
+    x[:, :, :, 0] = 1.0                                   # a bright left column: a flip moves it to the right
+    return ArrayDataset(x, torch.arange(n) % 10, num_classes=10, name="left_column", kind="image")
+
+
+def test_hflip_mirrors_half_the_batch_and_depends_only_on_seed_and_step():
+    data, obj = _asymmetric_images(), build_objective({"name": "flow_matching"})
+    kw = dict(seed=3, batch_size=64, interval=(0.0, 1.0), objective=obj, label_dropout=0.1)
+    flipped = []
+    for step in range(40):
+        a = draw_batch(data, step, hflip=True, **kw)
+        b = draw_batch(data, step, hflip=True, **kw)
+        plain = draw_batch(data, step, **kw)
+        assert all(torch.equal(u, v) for u, v in zip(a, b))                        # (seed, step) determinism
+        assert all(torch.equal(u, v) for u, v in zip(a[1:], plain[1:]))           # noise, t, labels untouched
+        right = a[0][:, 0, 0, -1] == 1.0
+        assert torch.equal(a[0][right], plain[0][right].flip(-1)) and torch.equal(a[0][~right], plain[0][~right])
+        flipped.append(right.float())
+    rate = torch.cat(flipped).mean().item()
+    assert abs(rate - 0.5) < 0.05                          # 2560 draws: p = 1/2 within ~4 sigma
+    halves = [draw_batch(data, 5, hflip=True, rank=r, world=2, **kw)[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), draw_batch(data, 5, hflip=True, **kw)[0])   # DDP ranks: slices of one batch
+
+
+def test_hflip_is_a_generic_data_key_off_the_reference_and_out_of_the_hash_when_false(tmp_path):
+    from harness.core.errors import ConfigError
+    from harness.evaluate.pipeline import reference_node
+
+    base = ["experiment=dense_moe_mini_fmnist"]
+    cfg, on, off = load(base), load([*base, "+data.hflip=true"]), load([*base, "+data.hflip=false"])
+    assert "hflip" not in reference_node(on)                  # the reference split is never flipped
+    hashes = [unit_from_config(c, "model").hash for c in (cfg, on, off)]
+    assert hashes[0] == hashes[2] != hashes[1]
+    with pytest.raises(ConfigError, match="data.hflip"):
+        load([*base, "+data.hflip=sideways"])
+    with pytest.raises(ConfigError, match="data.hflip"):
+        build_dataset({**cfg_for(tmp_path)["data"], "hflip": True})  # 2-D mixture: nothing to mirror
+
+
+def test_hflip_batches_are_the_same_with_dataloader_workers():
+    from harness.train.batches import rank_batches
+
+    data, obj = _asymmetric_images(), build_objective({"name": "flow_matching"})
+    kw = dict(seed=1, batch_size=16, interval=(0.0, 1.0), objective=obj, label_dropout=0.0, start=2, end=4,
+              rank=1, world=2, hflip=True)
+    inproc, loaded = list(rank_batches(data, **kw)), list(rank_batches(data, workers=1, **kw))
+    for (s0, a), (s1, b) in zip(inproc, loaded):
+        assert s0 == s1 and all(torch.equal(u, v) for u, v in zip(a, b))
+    assert any(bool((a[0][:, 0, 0, -1] == 1).any()) for _, a in inproc)   # something was flipped

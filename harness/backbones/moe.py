@@ -8,11 +8,15 @@ containing N identical FFN components").  This module holds that common part:
   weights ``(N, D, H)``, so experts that process equally many tokens run as one batched
   matmul (``baddbmm``, which FlopCounterMode counts) instead of N small ones;
 * :class:`MoEFFN`: the base class: routing statistics kept in eval mode (the average
-  inference capacity ``C_infer``, seed 002 Eq. 8-9 and 15) and activated-parameter
-  accounting;
+  inference capacity ``C_infer``, seed 002 Eq. 8-9 and 15, per layer, per bin of the network's
+  time and per class label: Fig. 1c/d, Figs. 12-14) and activated-parameter accounting;
+* the capacity predictor's pieces shared by the layers that have one (DiffMoE's global pool,
+  EC's dynamic intra-sample routing): :func:`capacity_predictor` (Eq. 10), the EMA threshold
+  update :func:`ema_threshold_update` (Eq. 17) and :func:`world_mean`;
 * model-level helpers: :func:`activated_parameters` (exact), :func:`eq40_activated_parameters`
-  (seed 002 App. C, Eq. 40), :func:`routing_metrics` / :func:`reset_routing_stats` for the
-  evaluation pipeline, and :func:`measured_gflops` on real tensors (data-dependent routing).
+  (seed 002 App. C, Eq. 40), :func:`routing_metrics` / :func:`routing_curves` /
+  :func:`reset_routing_stats` for the evaluation pipeline, and :func:`measured_gflops` on real
+  tensors (data-dependent routing).
 """
 from __future__ import annotations
 
@@ -66,6 +70,38 @@ def tokens_per_expert(tokens: int, num_experts: int, capacity: float, what: str)
         raise ConfigError(f"{ffn_key('num_experts')}={num_experts} at capacity {capacity:g} leaves no token per expert: "
                           f"{what} has only {tokens} tokens; use fewer experts or a larger capacity")
     return min(k, tokens)
+
+
+def capacity_predictor(dim: int, num_experts: int) -> nn.Sequential:
+    """The capacity predictor ``W2 SiLU(W1 x)`` (seed 002 Eq. 10; hidden width D as the authors' code): (T, D) -> (T, N)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, num_experts))
+
+
+def world_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean over DDP ranks; the identity (and no collective call) without an initialised process group."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+@torch.no_grad()
+def ema_threshold_update(tau: torch.Tensor, cp_logits: torch.Tensor, k: int, alpha: float) -> None:
+    """Eq. 17 in place: ``tau_i <- a tau_i + (1 - a) q_i``, q_i the k-th largest ``sigmoid(CP)_{:, i}``, rank-averaged.
+
+    ``cp_logits`` (T, N) are the predictor's logits over the tokens the routing chose from, ``k`` how many
+    of them each expert took, so on this batch exactly k tokens per expert would pass ``q``.
+    """
+    if cp_logits.is_meta:
+        return
+    quantile = torch.sigmoid(cp_logits.float()).topk(k, dim=0).values[-1]   # (N,)
+    quantile = world_mean(quantile)
+    tau.mul_(alpha).add_((1.0 - alpha) * quantile.to(tau.dtype))
+
+
+T_BINS = 10   # bins of the network's time in [0, 1] for the per-t capacity curve (Fig. 1c)
 
 
 class ExpertBank(nn.Module):
@@ -130,6 +166,12 @@ class MoEFFN(nn.Module):
     def reset_stats(self) -> None:
         self._capacity_sum: torch.Tensor | float = 0.0
         self._forwards = 0
+        # per sample b of every forward: C_b = (token, expert) pairs of b's tokens / b's tokens, summed per
+        # bin of the network's time and per class slot (0: no label, 1 + y: label y), with the sample counts
+        self._t_sum: torch.Tensor | None = None
+        self._t_count: torch.Tensor | None = None
+        self._class_sum: torch.Tensor | None = None
+        self._class_count: torch.Tensor | None = None
 
     def record_capacity(self, processed: torch.Tensor | int, pool: int) -> None:
         """Add one forward's capacity ``C = sum_i K_i / pool`` (seed 002 Eq. 8-9) in eval mode."""
@@ -139,9 +181,47 @@ class MoEFFN(nn.Module):
         self._capacity_sum = self._capacity_sum + value
         self._forwards += 1
 
-    def moe_stats(self) -> dict[str, float]:
-        """``{"capacity_sum", "forwards"}`` since the last reset (eval-mode forwards only)."""
-        return {"capacity_sum": float(self._capacity_sum), "forwards": float(self._forwards)}
+    def record_rows(self, rows: torch.Tensor, batch: int, tokens: int, ctx: dict[str, Any] | None) -> None:
+        """Record one eval forward from ``rows``, the pool index (in ``[0, batch * tokens)``) of every processed
+        (token, expert) pair: the forward's C (Eq. 9) and, with ``ctx`` (the backbone's ``t``, ``y``), each
+        sample's C_b by its time bin and class label (seed 002 Fig. 1c/d and 13-14)."""
+        if self.training or rows.is_meta or batch * tokens == 0:
+            return
+        self.record_capacity(rows.numel(), batch * tokens)
+        if ctx is None or ctx.get("t") is None:
+            return
+        per_sample = torch.bincount(rows.reshape(-1) // tokens, minlength=batch)[:batch].double() / tokens   # (B,)
+        t = torch.as_tensor(ctx["t"], device=rows.device).detach().double().reshape(-1).expand(batch)
+        t_bin = (t * T_BINS).floor().clamp(0, T_BINS - 1).long()
+        y = ctx.get("y")
+        slot = (torch.zeros(batch, dtype=torch.long, device=rows.device) if y is None
+                else torch.as_tensor(y, device=rows.device).long().reshape(-1).expand(batch) + 1)
+        ones = torch.ones(batch, dtype=torch.float64, device=rows.device)
+        if self._t_sum is None:
+            self._t_sum = torch.zeros(T_BINS, dtype=torch.float64, device=rows.device)
+            self._t_count = torch.zeros_like(self._t_sum)
+            self._class_sum = torch.zeros(0, dtype=torch.float64, device=rows.device)
+            self._class_count = torch.zeros_like(self._class_sum)
+        self._t_sum.index_add_(0, t_bin, per_sample)
+        self._t_count.index_add_(0, t_bin, ones)
+        n_slots = int(slot.max()) + 1                      # one sync per forward, only while evaluating
+        if n_slots > self._class_sum.numel():
+            grow = n_slots - self._class_sum.numel()
+            self._class_sum = torch.cat([self._class_sum, self._class_sum.new_zeros(grow)])
+            self._class_count = torch.cat([self._class_count, self._class_count.new_zeros(grow)])
+        self._class_sum.index_add_(0, slot, per_sample)
+        self._class_count.index_add_(0, slot, ones)
+
+    def moe_stats(self) -> dict[str, Any]:
+        """Eval-mode statistics since the last reset: ``capacity_sum`` and ``forwards`` (Eq. 15's parts), and
+        per-sample sums / counts by time bin (``t_sum``, ``t_count``: T_BINS floats) and class slot
+        (``class_sum``, ``class_count``: slot 0 = no label, slot 1 + y = label y)."""
+        def plain(v: torch.Tensor | None) -> list[float]:
+            return [] if v is None else [float(x) for x in v.cpu().tolist()]
+        t_sum, t_count = plain(self._t_sum), plain(self._t_count)
+        return {"capacity_sum": float(self._capacity_sum), "forwards": float(self._forwards),
+                "t_sum": t_sum or [0.0] * T_BINS, "t_count": t_count or [0.0] * T_BINS,
+                "class_sum": plain(self._class_sum), "class_count": plain(self._class_count)}
 
     # ---------------------------------------------------------------- accounting
     def router_parameters(self) -> int:
@@ -210,33 +290,108 @@ def _modules_of(obj: Any, seen: set[int] | None = None) -> Iterator[nn.Module]:
                 yield from _modules_of(value, seen)
 
 
+def _field_layers(field: Any) -> list[MoEFFN]:
+    """Every MoE layer reachable from ``field``, in a fixed order (the same on every rank)."""
+    layers: dict[int, MoEFFN] = {}
+    for module in _modules_of(field):
+        for layer in moe_layers(module):
+            layers.setdefault(id(layer), layer)
+    return list(layers.values())
+
+
 def reset_routing_stats(field: Any) -> None:
     """Zero the eval-mode counters of every MoE layer reachable from ``field`` (before sampling)."""
-    for module in _modules_of(field):
-        for layer in moe_layers(module):
-            layer.reset_stats()
+    for layer in _field_layers(field):
+        layer.reset_stats()
 
 
-def routing_totals(field: Any) -> tuple[float, float]:
-    """(sum of per-forward capacities, forwards) over every MoE layer since the reset: the parts of Eq. 15
-    that add up over processes, so a sharded evaluation can sum them before dividing."""
-    total, count = 0.0, 0.0
-    for module in _modules_of(field):
-        for layer in moe_layers(module):
-            stats = layer.moe_stats()
-            total += stats["capacity_sum"]
-            count += stats["forwards"]
-    return total, count
+def _fit(values: list[float], n: int) -> list[float]:
+    return (list(values) + [0.0] * n)[:n]
 
 
-def routing_metrics(field: Any, totals: tuple[float, float] | None = None) -> dict[str, float]:
-    """``{"moe_c_infer_avg": ...}``: seed 002 Eq. 15 over every MoE layer and sampler call since the reset.
+def routing_totals(field: Any, num_classes: int = 0) -> list[float]:
+    """The parts of the routing statistics that add up over processes, flattened, so a sharded evaluation can
+    sum them (``dist.all_sum``) before :func:`routing_metrics` / :func:`routing_curves` divide.
 
-    ``totals``: :func:`routing_totals` summed over processes (default: this process's).  Empty for fields
-    without MoE layers, so the evaluation records nothing extra for them.
+    Layout for L layers, ``T_BINS`` time bins and ``K = num_classes + 2`` class slots (none, labels 0 ..
+    num_classes, the last being a backbone's null class): [sum of per-forward C, forwards] over all layers,
+    then per layer [C sum, forwards], then per layer the time-bin sums and counts, then per layer the class-slot
+    sums and counts.  ``num_classes`` fixes the length, so every rank sends as many numbers.
     """
-    total, count = routing_totals(field) if totals is None else totals
-    return {"moe_c_infer_avg": total / count} if count else {}
+    layers = _field_layers(field)
+    slots = int(num_classes) + 2
+    stats = [layer.moe_stats() for layer in layers]
+    out = [sum(s["capacity_sum"] for s in stats), sum(s["forwards"] for s in stats)]
+    for s in stats:
+        out += [s["capacity_sum"], s["forwards"]]
+    for s in stats:
+        out += _fit(s["t_sum"], T_BINS) + _fit(s["t_count"], T_BINS)
+    for s in stats:
+        out += _fit(s["class_sum"], slots) + _fit(s["class_count"], slots)
+    return out
+
+
+def _unpack(field: Any, totals: Any, num_classes: int) -> tuple[int, float, float, list, list, list] | None:
+    totals = routing_totals(field, num_classes) if totals is None else list(totals)
+    n_layers, slots = len(_field_layers(field)), int(num_classes) + 2
+    if not n_layers or len(totals) < 2:
+        return None
+    per_layer = [totals[2 + 2 * i: 4 + 2 * i] for i in range(n_layers)]
+    at = 2 + 2 * n_layers
+    t_parts = [totals[at + 2 * T_BINS * i: at + 2 * T_BINS * (i + 1)] for i in range(n_layers)]
+    at += 2 * T_BINS * n_layers
+    class_parts = [totals[at + 2 * slots * i: at + 2 * slots * (i + 1)] for i in range(n_layers)]
+    return n_layers, totals[0], totals[1], per_layer, t_parts, class_parts
+
+
+def routing_metrics(field: Any, totals: Any = None, num_classes: int = 0) -> dict[str, float]:
+    """``moe_c_infer_avg`` (seed 002 Eq. 15 over every MoE layer and sampler call since the reset) and
+    ``moe_c_infer_layer<i>`` (the same for the i-th MoE layer, in module order; Fig. 12).
+
+    ``totals``: :func:`routing_totals` (same ``num_classes``) summed over processes (default: this
+    process's).  Empty for fields without MoE layers, so the evaluation records nothing extra for them.
+    """
+    parts = _unpack(field, totals, num_classes)
+    if parts is None or not parts[2]:
+        return {}
+    _, total, count, per_layer, _, _ = parts
+    out = {"moe_c_infer_avg": total / count}
+    for i, (c_sum, c_n) in enumerate(per_layer):
+        if c_n:
+            out[f"moe_c_infer_layer{i}"] = c_sum / c_n
+    return out
+
+
+def _ratio(sums: list[float], counts: list[float]) -> list[float | None]:
+    return [s / n if n else None for s, n in zip(sums, counts)]
+
+
+def routing_curves(field: Any, totals: Any = None, num_classes: int = 0) -> dict[str, Any]:
+    """Inference capacity by time and by class (seed 002 Fig. 1c/d, Figs. 12-14), for a JSON artifact.
+
+    ``C_b`` of one sample in one forward of one layer is its processed (token, expert) pairs over its
+    tokens; the curves average it over samples (and layers): ``by_t`` per bin of the time the network is
+    called with (``t_bins`` edges; flow matching's t, tau = 1 - t for eps objectives), ``by_class`` per label
+    (``"null"`` = the backbone's null class ``num_classes``, e.g. CFG's unconditional half; ``"none"`` = called
+    without labels), ``by_layer_t`` per MoE layer and bin (Fig. 12), with the sample counts behind each mean.
+    Empty without MoE layers or eval forwards.
+    """
+    parts = _unpack(field, totals, num_classes)
+    if parts is None or not parts[2]:
+        return {}
+    n_layers, _, _, _, t_parts, class_parts = parts
+    t_sum = [sum(p[b] for p in t_parts) for b in range(T_BINS)]
+    t_count = [sum(p[T_BINS + b] for p in t_parts) for b in range(T_BINS)]
+    slots = int(num_classes) + 2
+    c_sum = [sum(p[k] for p in class_parts) for k in range(slots)]
+    c_count = [sum(p[slots + k] for p in class_parts) for k in range(slots)]
+    names = ["none", *map(str, range(int(num_classes))), "null"]
+    by_class = {names[k]: {"c": c_sum[k] / c_count[k], "n": c_count[k]} for k in range(slots) if c_count[k]}
+    return {"t_bins": [b / T_BINS for b in range(T_BINS + 1)],
+            "by_t": {"c": _ratio(t_sum, t_count), "n": t_count},
+            "by_class": by_class,
+            "by_layer_t": [_ratio(p[:T_BINS], p[T_BINS:]) for p in t_parts],
+            "layers": n_layers}
 
 
 def measured_gflops(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> float:

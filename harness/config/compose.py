@@ -24,7 +24,8 @@ GROUPS = ("data", "backbone", "objective", "method", "sampler", "eval", "launche
 PLUGIN_NODES = {"data": "dataset", "backbone": "backbone", "objective": "objective", "method": "method", "sampler": "sampler",
                 "guidance": "guidance"}
 # generic transform keys every dataset accepts (harness.data.base.build_dataset)
-DATA_GENERIC_KEYS = {"resolution": int | None, "channels": int | None, "subset_fraction": float, "subset_seed": int}
+DATA_GENERIC_KEYS = {"resolution": int | None, "channels": int | None, "subset_fraction": float, "subset_seed": int,
+                     "hflip": bool}
 # arguments a backbone gets from the data, not from its config node
 INJECTED = {"self", "cfg", "in_shape", "num_classes"}
 
@@ -174,6 +175,7 @@ def validate(cfg: Any) -> dict[str, Any]:
         check_plugin_node(node_name, kind, plain[node_name])
     check_data_root(plain["data"])
     check_data_params(plain["data"])
+    check_ffn_params(plain["backbone"])
     check_exact_metric_data(plain)
     for node_name in ("method", "guidance", "sampler"):  # cross-key invariants, through the registry (the engine names no plug-in)
         node = plain.get(node_name)
@@ -198,6 +200,17 @@ def check_data_params(data: Mapping[str, Any]) -> None:
     check = getattr(get("dataset", data["name"]), "check_params", None)
     if check is not None:
         check(**{k: v for k, v in data.items() if k != "name" and k not in DATA_GENERIC_KEYS})
+
+
+def check_ffn_params(backbone: Mapping[str, Any]) -> None:
+    """``backbone.ffn_kwargs`` values the FFN would reject when built, found before anything runs: through the
+    registered FFN's own ``check_params`` (when it has one; e.g. an unknown EC ``inference_routing``)."""
+    name = backbone.get("ffn")
+    if not isinstance(name, str) or name not in registry("ffn").keys():
+        return
+    check = getattr(get("ffn", name), "check_params", None)
+    if check is not None:
+        check(**dict(backbone.get("ffn_kwargs") or {}))
 
 
 def check_exact_metric_data(cfg: Mapping[str, Any]) -> None:

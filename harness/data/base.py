@@ -40,6 +40,7 @@ GENERIC_KEYS: dict[str, Any] = {
     "channels": int | None,
     "subset_fraction": float,
     "subset_seed": int,
+    "hflip": bool,       # training batches only (harness.train.batches); the dataset itself is never flipped
 }
 
 
@@ -258,8 +259,9 @@ def build_dataset(cfg: Mapping[str, Any]) -> ArrayDataset:
 
     ``cfg['name']`` is the registry key; the other keys go to the registered factory,
     except the generic ones: ``subset_fraction``/``subset_seed`` (deterministic random
-    subset), ``resolution`` (pad by a small border or resize images to this size) and
-    ``channels`` (replicate 1 -> 3).  Unknown keys raise ``ConfigError`` naming
+    subset), ``resolution`` (pad by a small border or resize images to this size),
+    ``channels`` (replicate 1 -> 3) and ``hflip`` (random horizontal flips of each *training
+    batch*, applied by :func:`harness.train.batches.draw_batch`; checked here, never applied here).  Unknown keys raise ``ConfigError`` naming
     ``data.<key>`` with a did-you-mean.
     """
     from harness.config.schema import check_kwargs
@@ -282,6 +284,9 @@ def build_dataset(cfg: Mapping[str, Any]) -> ArrayDataset:
         raise TypeError(f"dataset factory {name!r} returned {type(ds).__name__}, not ArrayDataset")
     ds.info.setdefault("config", {"name": name, **node})
 
+    if generic.get("hflip") and ds.kind not in ("image", "latent"):
+        raise ConfigError(f"data.hflip=true mirrors images left-right; {ds.name} holds {ds.kind} data",
+                          hint="set data.hflip=false")
     fraction = generic.get("subset_fraction")
     ds = ds.subset(1.0 if fraction is None else float(fraction), int(generic.get("subset_seed") or 0))
 

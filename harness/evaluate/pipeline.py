@@ -168,6 +168,7 @@ def reference_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
     node = dict(cfg["data"])
     node.pop("subset_fraction", None)
     node.pop("subset_seed", None)
+    node.pop("hflip", None)   # training augmentation: the reference split is never flipped
     if "split" in node:
         node["split"] = cfg["eval"]["reference_split"]
     if "limit" in node and cfg["eval"]["reference_n"]:
@@ -268,9 +269,10 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
     """Sample the field (sharded over the job's processes), score it once, and log metrics, protocol and a grid.
 
     Collective under ``torch.distributed``; ``tracker``/``run_id`` are used on rank 0 only.  MoE
-    backbones also report ``moe_c_infer_avg`` (seed 002 Eq. 15) over every process's sampling.
+    backbones also report ``moe_c_infer_avg`` (seed 002 Eq. 15) and ``moe_c_infer_layer<i>`` over every
+    process's sampling, and the capacity by time bin and class label as ``moe_capacity.json`` (Fig. 1c/d).
     """
-    from harness.backbones.moe import reset_routing_stats, routing_metrics, routing_totals
+    from harness.backbones.moe import reset_routing_stats, routing_curves, routing_metrics, routing_totals
 
     ev = cfg["eval"]
     dataset = datasets.get(cfg["data"])
@@ -281,14 +283,19 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
     extractor = build_extractor(cfg, device) if ev["metrics"] else None
     s = sample_pass(field, cfg, dataset, extractor=extractor, keep_local=needs_images(cfg), device=device)
     images = gather_inputs(s) if needs_images(cfg) else None
-    totals = tuple(dist.all_sum(routing_totals(field)))
+    classes = int(getattr(dataset, "num_classes", 0) or 0)
+    totals = dist.all_sum(routing_totals(field, classes))   # the same length on every rank
+    curves = None
     result = None
     if dist.is_main():
         if extractor is None:
             result = {"metrics": {}, "protocol": {"nfe": s.nfe, "n_samples": s.n}}
         else:
             result = score_features(s.features, cfg, datasets, extractor=extractor, nfe=s.nfe, images=images)
-        result["metrics"].update(routing_metrics(field, totals))
+        result["metrics"].update(routing_metrics(field, totals, classes))
+        curves = routing_curves(field, totals, classes)
+        if curves:
+            result["moe_capacity"] = curves
         exact, exact_proto = exact_metrics(field, dataset, ev, s.features, device=device)   # the mixture's closed form
         result["metrics"].update(exact)
         result["protocol"].update(exact_proto)
@@ -300,6 +307,8 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
             tracker.log_metrics(run_id, result["metrics"])
             tracker.log_params(run_id, {f"protocol.{k}": v for k, v in result["protocol"].items()})
             tracker.log_dict(run_id, result["protocol"], "protocol.json")
+            if curves:
+                tracker.log_dict(run_id, curves, "moe_capacity.json")
             if s.grid is not None and s.grid.dim() == 4:
                 tracker.log_artifact(run_id, sample_grid(s.grid), "samples")
                 result["sample_grid"] = tracker.artifact_location(run_id, "samples/sample_grid.png")

@@ -1,8 +1,9 @@
 """Which items form step k's batch, and how a process gets its slice of it (DESIGN.md "Training").
 
 Step k's global batch is a function of (seed, k) alone (:func:`step_generator`): the item indices,
-the noise, the times and the label drops are drawn from one generator in that order, so a run
-resumed at step k, a DDP rank, or a DataLoader worker all see the same batch.  Rank r trains on
+the noise, the times, the label drops and (``data.hflip``) the horizontal flips are drawn from one
+generator in that order, so a run resumed at step k, a DDP rank, or a DataLoader worker all see the
+same batch; without ``data.hflip`` nothing more is drawn, so those batches are unchanged.  Rank r trains on
 positions ``[r * B / N, (r + 1) * B / N)`` of it.
 
 Two ways to fetch the items, with identical batches:
@@ -19,6 +20,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from harness.core.errors import ConfigError
 from harness.core.hashing import derived_seed
 
 
@@ -54,15 +56,35 @@ def apply_label_dropout(y: torch.Tensor, drop: torch.Tensor, num_classes: int) -
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
+def draw_flips(g: torch.Generator, batch_size: int) -> torch.Tensor:
+    """Which items of the global batch are flipped left-right (B,) bool, p = 1/2 each; drawn last."""
+    return torch.rand(batch_size, generator=g) < 0.5
+
+
+def apply_hflip(x1: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the last (width) axis of the flagged items: (B, C, H, W) images or latents."""
+    if x1.dim() < 3:
+        raise ConfigError(f"data.hflip needs image-shaped items (C, H, W), got items of shape {tuple(x1.shape[1:])}",
+                          hint="set data.hflip=false for vector data")
+    mask = flips.to(x1.device).view(-1, *([1] * (x1.dim() - 1)))
+    return torch.where(mask, x1.flip(-1), x1)
+
+
 def draw_batch(dataset, step: int, *, seed: int, batch_size: int, interval: tuple[float, float], objective,
-               label_dropout: float, rank: int = 0, world: int = 1):
-    """The global batch of one step (same on every rank), then this rank's slice: (x1, noise, t, y)."""
+               label_dropout: float, rank: int = 0, world: int = 1, hflip: bool = False):
+    """The global batch of one step (same on every rank), then this rank's slice: (x1, noise, t, y).
+
+    ``hflip`` (``data.hflip``, seed 002's recipe): each item is mirrored left-right with probability 1/2,
+    drawn from the step's generator after everything else.
+    """
     g, idx = step_indices(len(dataset), step, seed=seed, batch_size=batch_size)
     x1, y = dataset.get_batch(idx)
     noise, t, drop = draw_rest(g, tuple(x1.shape[1:]), batch_size=batch_size, interval=interval, objective=objective,
                                label_dropout=label_dropout, dtype=x1.dtype)
     y = apply_label_dropout(y, drop, dataset.num_classes)
     sl = rank_slice(batch_size, rank, world)
+    if hflip:
+        x1 = apply_hflip(x1, draw_flips(g, batch_size))
     return x1[sl], noise[sl], t[sl], None if y is None else y[sl]
 
 
@@ -110,14 +132,15 @@ def item_loader(dataset, *, seed: int, batch_size: int, start: int, end: int, ra
 
 def rank_batches(dataset, *, seed: int, batch_size: int, interval: tuple[float, float], objective, label_dropout: float,
                  start: int, end: int, rank: int, world: int, workers: int = 0,
-                 pin_memory: bool = False) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]]:
+                 pin_memory: bool = False, hflip: bool = False) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]]:
     """(step, (x1, noise, t, y)) of this rank for steps ``start .. end - 1``: the same tensors for any ``workers``."""
     sl = rank_slice(batch_size, rank, world)
     shape = tuple(dataset.shape)
     if workers <= 0:
         for step in range(start, end):
             yield step, draw_batch(dataset, step, seed=seed, batch_size=batch_size, interval=interval,
-                                   objective=objective, label_dropout=label_dropout, rank=rank, world=world)
+                                   objective=objective, label_dropout=label_dropout, rank=rank, world=world,
+                                   hflip=hflip)
         return
     loader = item_loader(dataset, seed=seed, batch_size=batch_size, start=start, end=end, rank=rank, world=world,
                          workers=workers, pin_memory=pin_memory)
@@ -125,4 +148,6 @@ def rank_batches(dataset, *, seed: int, batch_size: int, interval: tuple[float, 
         g, _ = step_indices(len(dataset), step, seed=seed, batch_size=batch_size)
         noise, t, drop = draw_rest(g, shape, batch_size=batch_size, interval=interval, objective=objective,
                                    label_dropout=label_dropout, dtype=x1.dtype)
+        if hflip:
+            x1 = apply_hflip(x1, draw_flips(g, batch_size)[sl])
         yield step, (x1, noise[sl], t[sl], apply_label_dropout(y, drop[sl], dataset.num_classes))

@@ -134,7 +134,7 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     batches = rank_batches(dataset, seed=seed, batch_size=int(tc["batch_size"]), interval=spec.interval,
                            objective=objective, label_dropout=float(tc["label_dropout"]), start=start, end=end,
                            rank=rank, world=world, workers=int(tc.get("workers") or 0),
-                           pin_memory=device.type == "cuda")
+                           pin_memory=device.type == "cuda", hflip=bool(spec.data.get("hflip")))
     with PreemptionGuard() as guard:
         for step, (x1, noise, t, y) in batches:
             torch.manual_seed(derived_seed("harness-forward", seed, step, rank))  # dropout, token masks: (seed, step, rank)

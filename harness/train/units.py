@@ -54,7 +54,8 @@ class UnitSpec:
     def identity(self) -> dict[str, Any]:
         train = {k: v for k, v in self.train.items() if k not in NON_WEIGHT_TRAIN_KEYS}
         backbone = backbone_identity(self.backbone)
-        data = {k: v for k, v in self.data.items() if k not in NON_WEIGHT_DATA_KEYS}
+        data = {k: v for k, v in self.data.items() if k not in NON_WEIGHT_DATA_KEYS
+                and not (k == "hflip" and not v)}   # hflip=false trains what no hflip key trains
         return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": data,
                 "backbone": backbone, "objective": self.objective, "train": train,
                 "interval": [float(self.interval[0]), float(self.interval[1])]}
