@@ -19,7 +19,9 @@ long reproduction resumes on a fresh one without re-running what finished.  Form
       differences: [[cbs, naive_split], [cbs, monolithic]]   # row values, compared within a group
       columns: {boundaries: method.boundaries}   # extra columns: header -> config key, metrics.X or cost.X
       paper: "seed 000 Tab. 1 (SiT-B/2, N = 3): CBS − naive = −8.1 FID (58.97 → 50.87, −13.7 %)"
-      plot: {x: method.n, metric: velocity_mse_exact}   # optional PNG: metric (mean ± 95 % CI) per row vs x
+      plot: {x: method.n, hue: method.name, metric: velocity_mse_exact}   # optional PNG: metric (mean ± 95 % CI)
+                                     # vs x, one line per hue value (default: rows); cells without x: dashed lines;
+                                     # series: {row value: line name} joins rows into one line (cbs2, cbs3 -> CBS)
       reading: results/reproduced/cbs_gmm_capacity.reading.md   # optional text appended as "Reading"
 
 Paths are relative to the directory ``harness`` runs in (the repository root), as ``paths.workdir`` is.
@@ -84,5 +86,5 @@ def report_keys(rep: Mapping[str, Any]) -> list[str]:
     keys = [rep["rows"], *rep["group"], *([rep["pair_by"]] if rep.get("pair_by") else [])]
     keys += [k for k in rep["columns"].values() if not k.startswith(("metrics.", "cost."))]
     if rep.get("plot"):
-        keys.append(str(rep["plot"]["x"]))
+        keys += [str(rep["plot"][k]) for k in ("x", "hue") if rep["plot"].get(k)]
     return list(dict.fromkeys(keys))

@@ -78,7 +78,7 @@ class Report:
         named = [("rows", rep["rows"]), *(("group", g) for g in rep["group"])]
         named += [("pair_by", rep["pair_by"])] if rep.get("pair_by") else []
         named += [(f"columns.{h}", k) for h, k in rep["columns"].items()]
-        named += [("plot.x", str(rep["plot"]["x"]))] if rep.get("plot") else []
+        named += [(f"plot.{k}", str(rep["plot"][k])) for k in ("x", "hue") if rep.get("plot") and rep["plot"].get(k)]
         for where, key in named:
             if all(_cell_value(c, key) is None for c in self.cells):
                 raise ConfigError(f"{self.file}: report.{where}: no cell has key {key!r}",
@@ -228,33 +228,51 @@ class Report:
 
     # ------------------------------------------------------------------ the picture
     def plot(self, path: Path) -> Optional[Path]:
-        """Metric (mean ± 95 % CI over seeds) per row against ``plot.x``; None without ``plot:``."""
+        """Metric (mean ± 95 % CI over seeds) against ``plot.x``, one line per ``plot.hue`` value (default: rows;
+        ``plot.series`` maps row values to line names, e.g. cbs2, cbs3, cbs4 -> "CBS").
+
+        Cells without a value for ``x`` (a monolithic baseline has no ``method.n``) are drawn as dashed
+        horizontal lines, so a baseline stays visible beside the curves.  None without ``plot:``.
+        """
         spec = self.rep.get("plot")
         if not spec:
             return None
+        import textwrap
+
         from harness.core.figures import pyplot
 
         metric = self._metric(str(spec.get("metric", self.rep["metrics"][0])))
-        x_key = str(spec["x"])
+        x_key, hue_key = str(spec["x"]), str(spec.get("hue") or self.rep["rows"])
+        series: dict[str, dict[Any, list[float]]] = {}
+        names = {str(k): str(v) for k, v in (spec.get("series") or {}).items()}   # row value -> series label
+        for c in self.cells:
+            hue = _value_text(_cell_value(c, hue_key))
+            hue = names.get(hue, hue) if names else hue
+            series.setdefault(hue, {}).setdefault(_cell_value(c, x_key), []).append(float(c["metrics"][metric]))
+        xs_all = sorted({x for by_x in series.values() for x in by_x if x is not None}, key=lambda v: _sort_key(_value_text(v)))
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs_all)
+        where = {x: (float(x) if numeric else i) for i, x in enumerate(xs_all)}
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-        for row in self.row_order(self.cells):
-            by_x: dict[Any, list[float]] = {}
-            for c in self.cells:
-                if str(_cell_value(c, self.rep["rows"])) == row:
-                    by_x.setdefault(_cell_value(c, x_key), []).append(float(c["metrics"][metric]))
-            xs = sorted(by_x, key=lambda v: _sort_key(_value_text(v)))
-            stats = [ci95(by_x[x]) for x in xs]
-            pos = [float(x) if isinstance(x, (int, float)) else i for i, x in enumerate(xs)]
-            ax.errorbar(pos, [m for m, _ in stats], yerr=[h or 0.0 for _, h in stats], marker="o", capsize=3,
-                        label=self.rep["labels"].get(row, row))
-            if not all(isinstance(x, (int, float)) for x in xs):
-                ax.set_xticks(pos, [_value_text(x) for x in xs])
+        fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
+        for hue in sorted(series, key=_sort_key):
+            by_x = series[hue]
+            label = self.rep["labels"].get(hue, hue)
+            if None in by_x:
+                mean, half = ci95(by_x[None])
+                line = ax.axhline(mean, linestyle="--", linewidth=1, label=f"{label} (no {x_key})")
+                if half:
+                    ax.axhspan(mean - half, mean + half, color=line.get_color(), alpha=0.12)
+            xs = [x for x in xs_all if x in by_x]
+            if xs:
+                stats = [ci95(by_x[x]) for x in xs]
+                ax.errorbar([where[x] for x in xs], [m for m, _ in stats], yerr=[h or 0.0 for _, h in stats],
+                            marker="o", capsize=3, label=label)
+        if not numeric:
+            ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all], rotation=30, ha="right")
         ax.set_xlabel(x_key)
-        ax.set_ylabel(f"{metric} (mean ± 95 % CI)")
-        ax.set_title(self.rep["title"], fontsize=9)
-        ax.legend(fontsize=8)
-        fig.set_dpi(110)
+        ax.set_ylabel(f"{metric}\n(mean ± 95 % CI over {self.rep.get('pair_by') or 'cells'})")
+        ax.set_title("\n".join(textwrap.wrap(self.rep["title"], 70)), fontsize=8)
+        ax.legend(fontsize=7)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
