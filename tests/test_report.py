@@ -82,9 +82,14 @@ def test_bad_specs_and_files_are_one_line_errors_naming_file_and_key(tmp_path):
 
 @pytest.mark.parametrize("sweep_file", sorted((ROOT / "sweeps" / "repro").glob("*.yaml")), ids=lambda p: p.stem)
 def test_committed_reports_regenerate_byte_for_byte(sweep_file, monkeypatch):
+    from harness.sweep.spec import read_spec
+
     monkeypatch.chdir(ROOT)
-    report = Report(sweep_file.relative_to(ROOT))
-    md = Path(str(report.rep["out"])).with_suffix(".md")
+    rep = read_spec(sweep_file.relative_to(ROOT)).report
+    results, md = Path(str(rep["results"])), Path(str(rep["out"])).with_suffix(".md")
+    if not results.exists() and not md.exists():
+        pytest.skip(f"{sweep_file.name}: not run yet (no {results}, no {md})")
+    report = Report(sweep_file.relative_to(ROOT))   # a results file without its report (or the reverse) fails here
     assert md.read_text() == report.render(), f"re-render {md} with: harness table --report {sweep_file.relative_to(ROOT)}"
 
 
