@@ -254,19 +254,21 @@ class Report:
         where = {x: (float(x) if numeric else i) for i, x in enumerate(xs_all)}
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
-        for hue in sorted(series, key=_sort_key):
-            by_x = series[hue]
+        for i, hue in enumerate(sorted(series, key=_sort_key)):
+            by_x, color = series[hue], f"C{i % 10}"
             label = self.rep["labels"].get(hue, hue)
             if None in by_x:
                 mean, half = ci95(by_x[None])
-                line = ax.axhline(mean, linestyle="--", linewidth=1, label=f"{label} (no {x_key})")
+                ax.axhline(mean, linestyle="--", linewidth=1, color=color, label=f"{label} (no {x_key})")
                 if half:
-                    ax.axhspan(mean - half, mean + half, color=line.get_color(), alpha=0.12)
+                    ax.axhspan(mean - half, mean + half, color=color, alpha=0.12)
             xs = [x for x in xs_all if x in by_x]
             if xs:
                 stats = [ci95(by_x[x]) for x in xs]
                 ax.errorbar([where[x] for x in xs], [m for m, _ in stats], yerr=[h or 0.0 for _, h in stats],
-                            marker="o", capsize=3, label=label)
+                            marker="o", capsize=3, color=color, label=label)
+        if numeric and all(float(x).is_integer() for x in xs_all):
+            ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all])
         if not numeric:
             ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all], rotation=30, ha="right")
         ax.set_xlabel(x_key)
