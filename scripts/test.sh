@@ -4,9 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# Two pytest-xdist workers, one thread each: many tests wait on subprocesses (SLURM jobs, the MLflow UI,
+# spawned ranks), so two workers overlap the waiting; tests sharing a SLURM cluster or picking TCP ports
+# run on one worker (their xdist_group).  HARNESS_TEST_WORKERS=0 runs everything in this process.
+workers="${HARNESS_TEST_WORKERS:-2}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$([ "$workers" -gt 1 ] && echo 1 || echo 2)}"
 report="$(mktemp -d)/junit.xml"
-.venv/bin/python -m pytest --junitxml="$report" "$@"
+xdist=()
+[ "$workers" -gt 0 ] && xdist=(-n "$workers" --dist loadgroup)
+.venv/bin/python -m pytest "${xdist[@]}" --junitxml="$report" "$@"
 .venv/bin/python - "$report" <<'PY'
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()

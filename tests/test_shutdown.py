@@ -24,6 +24,8 @@ from harness.sweep import state
 from harness.sweep.load import load_sweep
 from harness.tables.ui import free_port, port_free
 
+pytestmark = pytest.mark.xdist_group("ports")   # tests that pick a free TCP port run on one worker, so two never pick the same one (scripts/test.sh: -n 2 --dist loadgroup)
+
 HARNESS = str(Path(sys.executable).with_name("harness"))
 RESUME = "interrupted: re-run the same command to resume"
 # long enough to be mid-training when stopped (a checkpoint every 50 steps), short enough to finish on a re-run

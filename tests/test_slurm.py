@@ -21,6 +21,8 @@ from harness.sweep import state
 from harness.sweep.load import load_sweep
 from harness.sweep.runner import run_sweep
 
+pytestmark = pytest.mark.xdist_group("slurm")   # one single-node SLURM cluster per worker: its tests run on one worker, in order (scripts/test.sh: -n 2 --dist loadgroup)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["experiment=gmm_mini", "train.steps=10", "train.batch_size=32", "backbone.width=32", "backbone.depth=1",
         "eval.n_samples=100", "eval.reference_n=100", "sampler.steps=5", "run.progress=false"]

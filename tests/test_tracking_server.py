@@ -24,6 +24,8 @@ from harness.tables.runs import StoreError, load_runs
 from harness.tables.ui import free_port, port_free, start_ui, stop_ui, ui_command, wait_healthy
 from harness.track import Tracker
 
+pytestmark = pytest.mark.xdist_group("ports")   # tests that pick a free TCP port run on one worker, so two never pick the same one (scripts/test.sh: -n 2 --dist loadgroup)
+
 WRITERS = 8
 STEPS = 250
 EXPERIMENT = "cluster"

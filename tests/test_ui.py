@@ -15,6 +15,8 @@ from harness.core.errors import HarnessError
 from harness.tables.runs import StoreError
 from harness.tables.ui import HOST, free_port, port_free, start_ui, ui_command
 
+pytestmark = pytest.mark.xdist_group("ports")   # tests that pick a free TCP port run on one worker, so two never pick the same one (scripts/test.sh: -n 2 --dist loadgroup)
+
 HARNESS = str(Path(sys.executable).with_name("harness"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
