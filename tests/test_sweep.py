@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -252,17 +253,18 @@ def _study(sweep):
 
 
 @pytest.mark.slow
-def test_optuna_search_runs_trials_as_child_runs_and_ranks_the_reference(workdir, tmp_path):
+def test_optuna_search_runs_trials_as_child_runs_and_ranks_the_reference(workdir, tmp_path, capsys):
     import optuna
     from mlflow.tracking import MlflowClient
 
+    from harness.cli import main
+
     path = write_sweep(tmp_path / "s.yaml", base_yaml(["method=cbs", "method.n=3", "split.field=exact"]) + SEARCH.format(n=2))
-    lines: list[str] = []
-    out = run_sweep(path, launcher="debug", echo=lambda *a: lines.append(" ".join(map(str, a))))
-    report = out["summary"]
-    assert report["counts"]["complete"] == 2
-    assert report["reference"]["trials"] == 2 and 0 <= report["reference"]["trials_better"] <= 2
-    assert any("reference (base config) fd_raw_100" in line for line in lines)
+    assert main(["sweep", str(path), "--launcher", "debug"]) == 0        # through the CLI, as users run it
+    lines = capsys.readouterr().out.splitlines()
+    assert "search s: 2 complete" in lines
+    assert any(re.fullmatch(r"reference \(base config\) fd_raw_100 = \S+: [0-2] of 2 completed trials score better", line)
+               for line in lines)
     trials = _study(load_sweep(path)).get_trials()
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     sweep_run = json.loads((workdir / "sweeps" / "s" / "mlflow_run.json").read_text())["run_id"]

@@ -13,10 +13,11 @@ def cmd_sweep(args) -> int:
 
     out = run_sweep(args.file, launcher=args.launcher, dry_run=args.dry_run, detach=args.detach,
                     rerun_failed=args.rerun_failed, force=args.force, max_parallel=args.max_parallel)
-    summary = out.get("summary")
-    if summary and any(r["state"] == "failed" for r in summary["rows"]):
+    summary = out.get("summary") or {}
+    if any(r["state"] == "failed" for r in summary.get("rows", [])):      # a fixed sweep with a failed cell
         return 1
-    return 0
+    counts = summary.get("counts")                                         # an Optuna search: no trial completed
+    return 1 if counts is not None and not counts.get("complete") else 0
 
 
 def cmd_status(args) -> int:
