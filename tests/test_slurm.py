@@ -197,7 +197,10 @@ def test_real_slurm_two_task_job_trains_what_one_process_trains_and_resumes_afte
     spec = method_for(sweep.cells[0].cfg, prepare=False).units()["model"]
     unit_dir = spec.directory(workdir)
     _wait(lambda: (unit_dir / "mlflow_run.json").exists(), 300, "the 2-task unit job to start training")
-    time.sleep(2)
+    # signal only once a step is done (progress.json is written every train.log_every steps): on a loaded
+    # machine a fixed sleep could land before the first step, and "resumed at the signal's step" would be 0
+    _wait(lambda: (state.read_json(unit_dir / "progress.json") or {}).get("step", 0) > 0, 300,
+          "the 2-task unit job to finish its first logged steps")
     run_before = json.loads((unit_dir / "mlflow_run.json").read_text())["run_id"]
     subprocess.run(["scancel", "--signal=USR2", unit_job], check=True, env=dict(os.environ, SLURM_CONF=conf))
     result = state.cell_dir(sweep.dir, sweep.cells[0].id) / "result.json"

@@ -19,16 +19,22 @@ def fake_parts(method, cfg):
     """Untrained (model, objective) per unit: enough to check shapes and routing."""
     from harness.objectives import build_objective
 
+    from harness.data.shapes import data_shape
+
+    shape, classes, _ = data_shape(cfg["data"])
     parts = {}
     for role, spec in method.units().items():
         torch.manual_seed(0)
-        model = build_backbone(spec.backbone, (cfg["data"]["dim"],), 2).eval()
+        model = build_backbone(spec.backbone, shape, max(classes, 2)).eval()
         parts[role] = (model, build_objective(spec.objective))
     return parts
 
 
 def check_method(name: str, extra: list[str]) -> None:
-    cfg = load([*TINY, f"method={name}", *extra])
+    """``extra`` starting with ``experiment=...`` replaces the tiny vector setup (a method that needs images or a
+    particular backbone, e.g. DiffMoE's DiT with DiffMoE FFN layers)."""
+    base = ["train.steps=2"] if extra and extra[0].startswith("experiment=") else TINY
+    cfg = load([*base, f"method={name}", *extra])
     method = method_for(cfg)
     units = method.units()
     assert units, f"{name} declares no units"
@@ -38,7 +44,10 @@ def check_method(name: str, extra: list[str]) -> None:
         a, b = spec.interval
         assert 0.0 <= a < b <= 1.0
     field = method.assemble(fake_parts(method, cfg))
-    x = torch.randn(16, cfg["data"]["dim"])
+    from harness.data.shapes import data_shape
+
+    shape, _, _ = data_shape(cfg["data"])
+    x = torch.randn(16, *shape)
     t = torch.linspace(0, 1, 16)
     y = torch.randint(2, (16,))
     v = field(x, t, y)

@@ -7,7 +7,8 @@ from harness.core.registry import registry
 from tests.methods.conformance import check_method
 
 EXTRA = {"naive_split": ["method.n=3"], "cbs": ["method.n=3", "split.field=exact", "split.trajectories=32"],
-         "ddm": ["method.k=2"], "hetero_ddm": ["method.k=2"]}  # k = the 2 classes fake_parts gives every router
+         "ddm": ["method.k=2"], "hetero_ddm": ["method.k=2"],  # k = the 2 classes fake_parts gives every router
+         "diffmoe": ["experiment=diffmoe_mini_fmnist", "backbone.depth=2", "backbone.ffn_layers=[1]"]}  # needs DiffMoE layers
 
 
 @pytest.mark.parametrize("name", registry("method").keys())
