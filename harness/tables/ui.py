@@ -151,11 +151,14 @@ def stop_ui(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
 
 
 def _wait_group(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait until the process group led by ``proc`` is empty (reaping the leader); False on timeout."""
+    """Wait until the leader is reaped and no other process of its group runs; False on timeout.
+
+    Both, because /proc shows a multi-threaded leader as a zombie while its other threads still exit (so
+    its group looks empty before ``waitpid`` can reap it), and the workers may outlive the leader.
+    """
     deadline = time.time() + timeout_s
     while True:
-        proc.poll()
-        if not _group_alive(proc.pid):
+        if proc.poll() is not None and not _group_alive(proc.pid):
             return True
         if time.time() >= deadline:
             return False
