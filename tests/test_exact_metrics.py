@@ -61,6 +61,8 @@ def test_exact_metrics_on_data_without_a_closed_form_are_a_validation_error():
     with pytest.raises(ConfigError, match="eval.metrics: velocity_error need data with a closed-form"):
         load(["eval.metrics=[fd,velocity_error]"])            # the default job's Fashion-MNIST
     load(["experiment=gmm_mini", "eval.metrics=[fd,velocity_error,nll]"])   # the mixture has one
+    with pytest.raises(ConfigError, match="nll scores the samples' coordinates, so it needs eval.extractor=raw"):
+        load(["experiment=gmm_mini", "eval=fd_smallcnn", "eval.metrics=[fd,nll]"])
 
 
 def test_heldout_loss_differences_are_squared_velocity_errors():

@@ -219,6 +219,9 @@ def check_exact_metric_data(cfg: Mapping[str, Any]) -> None:
     if asked and not getattr(get("dataset", cfg["data"]["name"]), "closed_form", False):
         raise ConfigError(f"eval.metrics: {', '.join(asked)} need data with a closed-form density and velocity; "
                           f"data={cfg['data']['name']} has none", hint="use data=gaussian_mixture, or drop them")
+    if "nll" in asked and cfg["eval"].get("extractor") != "raw":
+        raise ConfigError("eval.metrics: nll scores the samples' coordinates, so it needs eval.extractor=raw",
+                          hint="use eval=fd_raw")
 
 
 def check_data_root(data: Mapping[str, Any]) -> None:

@@ -84,11 +84,11 @@ def velocity_error(field, mixture, *, conditional: bool, seed: int = 0, t_points
 
 def exact_metrics(field, dataset, ev: Mapping[str, Any], samples: Optional[np.ndarray],
                   device: Optional[torch.device] = None) -> tuple[dict[str, float], dict[str, Any]]:
-    """(metrics, protocol additions) of the exact-field metrics asked for in ``eval.metrics``."""
+    """(metrics, protocol additions) of the exact-field metrics asked for in ``eval.metrics``
+    (:func:`check_exact_metrics` ran before sampling; ``harness validate`` checks the same from the config)."""
     asked = wanted(ev["metrics"])
     if not asked:
         return {}, {}
-    check_exact_metrics(ev, dataset)
     mixture = dataset.mixture
     out: dict[str, float] = {}
     proto: dict[str, Any] = {}

@@ -28,7 +28,6 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
     Collective under ``torch.distributed``: every rank trains its share of each unit's batches and
     samples its share of the seeds; rank 0 alone opens the MLflow runs, writes files and logs.
     """
-    from harness.evaluate.exact import check_exact_metrics
     from harness.evaluate.images import check_metric_reference
     from harness.evaluate.pipeline import eval_device, evaluate_field
     from harness.track import Tracker, flatten, git_diff, git_info
@@ -37,7 +36,6 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
     main, world = dist.is_main(), dist.world()
     datasets = DatasetCache()
     check_metric_reference(cfg["eval"], datasets.get(cfg["data"]))  # a missing dataset or reference fails here,
-    check_exact_metrics(cfg["eval"], datasets.get(cfg["data"]))     # (exact-field metrics need the analytic mixture)
     dist.check_divides(int(cfg["train"]["batch_size"]), "train.batch_size")   # ... a world size that cannot split the
     # batch too: before anything is written
     workdir = Path(cfg["paths"]["workdir"])
