@@ -20,10 +20,14 @@ def pyplot() -> Any:
 
 
 def save_png(fig: Any, path: Path | str, dpi: Optional[int] = None) -> Path:
-    """Write ``fig`` to ``path`` (folders created, tight layout) and close it; returns the path."""
+    """Write ``fig`` to ``path`` (folders created, tight layout) and close it; returns the path.
+
+    No "Software" (matplotlib version) entry is written, so a PNG depends on its data only and a
+    re-rendered report is byte-identical on another machine.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, **({"dpi": dpi} if dpi else {}))
+    fig.savefig(path, metadata={"Software": None}, **({"dpi": dpi} if dpi else {}))
     pyplot().close(fig)
     return path

@@ -50,6 +50,11 @@ def cell_record(cfg: Mapping[str, Any], result: Mapping[str, Any], keys: list[st
 
 def read_results(path: Path | str) -> dict[str, dict[str, Any]]:
     """``{cell_id: record}`` of a results file ({} when absent); another format or protocol version is a ConfigError."""
+    return dict(read_results_file(path).get("cells") or {})
+
+
+def read_results_file(path: Path | str) -> dict[str, Any]:
+    """The whole results file (format, versions, sweep, base, cells), checked; {} when absent."""
     path = Path(path)
     if not path.exists():
         return {}
@@ -65,7 +70,7 @@ def read_results(path: Path | str) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}: protocol_version: {raw.get('protocol_version')!r}, this harness scores with protocol "
                           f"{PROTOCOL_VERSION}", hint="its numbers were obtained another way: move the file aside and "
                                                       "re-run the sweep")
-    return dict(raw.get("cells") or {})
+    return dict(raw)
 
 
 def write_results(path: Path, sweep_name: str, base: list[str], cells: Mapping[str, Mapping[str, Any]]) -> Path:

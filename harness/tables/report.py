@@ -10,14 +10,13 @@ ImageNet FID in one column.  Cells scored under different extractor weights or r
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from harness.core.errors import ConfigError
 from harness.core.stats import ci95
-from harness.sweep.results import read_results
+from harness.sweep.results import read_results_file
 from harness.sweep.spec import read_spec
 
 # protocol fields that must agree across every cell of a report (numbers under two protocols never share a table)
@@ -63,9 +62,10 @@ class Report:
         spec = read_spec(sweep_file)
         if not spec.report:
             raise ConfigError(f"{sweep_file}: report: missing", hint="add a report: section (harness/sweep/report_spec.py)")
-        self.file, self.spec, self.rep = Path(sweep_file), spec, spec.report
+        self.file, self.rep = Path(sweep_file), spec.report
         self.results = Path(str(self.rep["results"]))
-        cells = read_results(self.results)
+        payload = read_results_file(self.results)
+        cells, self.base = dict(payload.get("cells") or {}), list(payload.get("base") or [])
         if not cells:
             raise ConfigError(f"{self.results}: no finished cell", hint=f"run `harness sweep {sweep_file}` first")
         self.cells = [cells[k] for k in sorted(cells)]
@@ -167,7 +167,7 @@ class Report:
         c0 = self.cells[0]
         seeds = sorted({_value_text(_cell_value(c, self.rep["pair_by"])) for c in self.cells}, key=_sort_key) \
             if self.rep.get("pair_by") else []
-        base = " ".join(read_results_base(self.results))
+        base = " ".join(self.base)
         proto0 = c0.get("protocol", {})
         lines = [f"- sweep base: `{base}`" if base else "- sweep base: (none)",
                  f"- metrics: {', '.join(f'`{m}`' for m in self.metrics)} ({self.rep['direction']}); extractor "
@@ -239,7 +239,7 @@ class Report:
             return None
         import textwrap
 
-        from harness.core.figures import pyplot
+        from harness.core.figures import pyplot, save_png
 
         metric = self._metric(str(spec.get("metric", self.rep["metrics"][0])))
         x_key, hue_key = str(spec["x"]), str(spec.get("hue") or self.rep["rows"])
@@ -275,16 +275,7 @@ class Report:
         ax.set_ylabel(f"{metric}\n(mean ± 95 % CI over {self.rep.get('pair_by') or 'cells'})")
         ax.set_title("\n".join(textwrap.wrap(self.rep["title"], 70)), fontsize=8)
         ax.legend(fontsize=7)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(path, metadata={"Software": None})   # no version string: the PNG depends on the data only
-        plt.close(fig)
-        return path
-
-
-def read_results_base(path: Path) -> list[str]:
-    return list(json.loads(Path(path).read_text()).get("base") or [])
+        return save_png(fig, path)
 
 
 def _sort_key(text: Any) -> tuple:
