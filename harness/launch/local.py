@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from harness.core.processes import descendants
 from harness.core.registry import register
 from harness.launch.base import Launcher, Outcome, Stage, Task, TaskFn, Watch, collect, error_line, no_watch
 from harness.train.preemption import PreemptionGuard
@@ -231,20 +232,3 @@ def stop_jobs(jobs: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (children, theirs, ...), from Linux's /proc; empty where there is none."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])   # "pid (comm) state ppid ..."
-        except OSError:
-            continue   # exited while we looked
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from harness.core.errors import HarnessError
+from harness.core.processes import processes
 from harness.tables.runs import StoreError, check_store, sqlite_path
 from harness.track.store import ensure_store, is_server
 
@@ -175,14 +176,7 @@ def _group_alive(pgid: int) -> bool:
         return True
     if not Path("/proc").is_dir():
         return True
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()   # state, ppid, pgrp, ... after "pid (comm)"
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return any(p.pgrp == pgid and p.state != "Z" for p in processes())
 
 
 @contextlib.contextmanager
