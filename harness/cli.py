@@ -112,18 +112,21 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from harness.config import load
     from harness.data.cache import DatasetCache
-    from harness.evaluate.pipeline import eval_device, evaluate_field, score_npz
-    from harness.pipeline.assemble import assemble
+    from harness.evaluate.pipeline import score_npz
+    from harness.pipeline.experiment import evaluate_experiment
+    from harness.tables.filled import print_paper_rows_of
 
     cfg = load(args.overrides)
     main = _join()
     if args.samples:
         result = score_npz(Path(args.samples), cfg, DatasetCache()) if main else None
-    else:
-        field, _ = assemble(cfg, device=eval_device(cfg))
-        result = evaluate_field(field, cfg, datasets=DatasetCache(), tracker=None, run_id=None)
+        if main:
+            print(json.dumps(result, indent=1, default=str))
+        return 0
+    result = evaluate_experiment(cfg)   # a recorded run (trained or imported units only), beside the paper's rows
     if main:
         print(json.dumps(result, indent=1, default=str))
+        print_paper_rows_of(cfg["tracking"]["uri"], result["run_id"])
     return 0
 
 
@@ -260,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     sp = add("sample", cmd_sample, "sample the assembled field into an ADM-format npz (arr_0 uint8 NHWC)")
     sp.add_argument("--out", default="samples.npz")
-    sp = add("eval", cmd_eval, "score the assembled field, or a sample npz with --samples")
+    sp = add("eval", cmd_eval, "score trained or imported units (a recorded run; prints the paper rows it fills), or a sample npz with --samples")
     sp.add_argument("--samples", default=None, help="score this ADM-format sample npz instead of sampling")
     sp = add("fid", cmd_fid, "Frechet distance between two of: image folder, sample npz, statistics npz", overrides=False)
     sp.add_argument("a")

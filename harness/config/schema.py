@@ -182,7 +182,7 @@ class EvalConfig:
             raise ConfigError(f"{p}.reference: {self.reference} does not exist", hint="expected an ADM-format npz")
         if self.reference_n < 0 or self.seed_offset < 0:
             raise ConfigError(f"{p}.reference_n and seed_offset must be >= 0")
-        known = ["fd", "kid", "pr", "is", "div", "lpips", "nll", "velocity_error", "heldout_fm"]   # nll, velocity_error: evaluate/exact.py; heldout_fm: evaluate/heldout.py
+        known = ["fd", "kid", "pr", "is", "sfid", "div", "lpips", "nll", "velocity_error", "heldout_fm"]   # nll, velocity_error: evaluate/exact.py; heldout_fm: evaluate/heldout.py
         bad = [m for m in self.metrics if m not in known]
         if bad:
             raise ConfigError(f"{p}.metrics: unknown metric {bad[0]!r}.{suggest(bad[0], known)} Known: {', '.join(known)}")
@@ -196,6 +196,17 @@ class EvalConfig:
                               hint="expected torchvision's AlexNet state dict alexnet-owt-7be5be79.pth")
         if self.metrics and self.extractor is None:
             raise ConfigError(f"{p}.metrics needs {p}.extractor", hint="set eval=fd_smallcnn or eval.metrics=[]")
+        suite = getattr(registry("extractor").get(self.extractor), "suite", None) if self.extractor else None
+        if "sfid" in self.metrics and suite != "adm":
+            raise ConfigError(f"{p}.metrics has sfid, which only the ADM suite computes (Inception's mixed_6 features)",
+                              hint="set eval=adm (extractor adm_inception)")
+        image_metrics = {"kid", "div", "lpips"} & set(self.metrics)
+        if suite == "adm" and image_metrics:
+            raise ConfigError(f"{p}.metrics: the ADM suite computes fd, sfid, is and pr, not {', '.join(sorted(image_metrics))}",
+                              hint="drop them, or score them with eval=fid_inception")
+        check = getattr(registry("extractor").get(self.extractor), "check_config", None) if self.metrics and self.extractor else None
+        if check is not None:
+            check(dataclasses.asdict(self), p)   # e.g. adm_inception: IS needs the softmax weights file
 
 
 @dataclasses.dataclass

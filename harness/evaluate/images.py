@@ -52,12 +52,28 @@ def check_metric_reference(ev: Mapping[str, Any], dataset: ArrayDataset) -> None
                               "(the training latents are no reference)",
                               hint="set eval.reference=PATH.npz, e.g. ADM's VIRTUAL_imagenet256_labeled.npz for ImageNet-256")
         dataset.decoder.check()  # the VAE is here and is the one that encoded the shards
+    check_reference_npz(ev)
     shape = metric_image_shape(dataset)
     ref = adm_image_shape(Path(ev["reference"])) if ev.get("reference") and shape is not None else None
     if ref is not None and tuple(ref[:2]) != tuple(shape[1:]):
         what = "decoded samples" if dataset.kind == "latent" else "samples"
         raise DataError(f"{ev['reference']}: reference images are {ref[0]}x{ref[1]} but the {what} are {shape[1]}x{shape[2]}",
                         hint="use a reference batch at the samples' resolution (eval.reference)")
+
+
+def check_reference_npz(ev: Mapping[str, Any]) -> None:
+    """Before sampling: an ADM-suite reference npz holds what each asked metric reads (e.g. sFID: arr_0 or mu_s)."""
+    from harness.evaluate.adm import adm_npz_keys
+    from harness.evaluate.adm_suite import needed_npz_keys
+
+    if ev.get("extractor") != "adm_inception" or not ev.get("reference"):
+        return
+    held = adm_npz_keys(Path(ev["reference"]))
+    for metric, keys in needed_npz_keys(ev["metrics"]):
+        if not held & set(keys):
+            raise DataError(f"{ev['reference']}: metric {metric} needs {' or '.join(keys)} but the npz holds "
+                            f"{', '.join(sorted(held)) or 'nothing'}",
+                            hint="use ADM's full reference batch (e.g. VIRTUAL_imagenet256_labeled.npz) or drop the metric")
 
 
 def image_protocol(dataset: ArrayDataset) -> dict[str, Any]:

@@ -25,6 +25,11 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 DeviceLike = Union[str, torch.device]
 
 
+def n_label(n: int) -> str:
+    """The sample count in a metric's name: 256, 2k, 50k."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
 @dataclasses.dataclass
 class FeatureStats:
     """Mean (D,) and covariance (D, D) of n feature vectors."""

@@ -203,6 +203,13 @@ def reference_from_npz(path: Path, extractor):
 
     arrays = read_adm_npz(path)
     file_hash = sha256_file(path, memo=True)
+    if getattr(extractor, "suite", None) == "adm":   # its own statistics where present, arr_0 for P/R (read_statistics)
+        from harness.evaluate.adm_suite import ADMReference
+
+        feats = (extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2))
+                 if arrays["arr_0"] is not None else None)
+        held = ",".join(k for k in ("arr_0", "mu", "sigma", "mu_s", "sigma_s") if arrays.get(k) is not None)
+        return ADMReference.from_npz(arrays, feats), feats, file_hash, f"adm-npz:{path}:{held}"
     if arrays["arr_0"] is not None:
         feats = extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2))
         return None, feats, file_hash, f"adm-npz:{path}:arr_0"

@@ -13,12 +13,8 @@ import numpy as np
 import torch
 
 from harness.core.errors import DataError
-from harness.evaluate.metrics import (FeatureStats, fd_from_stats, frechet_distance, inception_score, kernel_inception_distance,
+from harness.evaluate.metrics import (FeatureStats, fd_from_stats, n_label, frechet_distance, inception_score, kernel_inception_distance,
                                       precision_recall)
-
-
-def n_label(n: int) -> str:
-    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
 def score_samples(samples: torch.Tensor, *, reference: Optional[FeatureStats], reference_features: Optional[np.ndarray],
@@ -45,6 +41,8 @@ def score_features(feats: np.ndarray, *, images: Optional[torch.Tensor] = None, 
     features (``div_<family>_<n>``), a stand-in that is never called LPIPS.
     """
     device = device if device is not None else getattr(extractor, "device", None)
+    if getattr(extractor, "suite", None) == "adm":   # the ADM evaluator's arithmetic (harness/evaluate/adm_suite.py)
+        return _score_adm(feats, reference, reference_features, extractor, metrics, device)
     ref_stats = reference if reference is not None else FeatureStats.from_features(reference_features)
     n = n_label(len(feats))
     family = extractor.metric_prefix.split("_", 1)[1] if "_" in extractor.metric_prefix else extractor.metric_prefix
@@ -82,6 +80,25 @@ def score_features(feats: np.ndarray, *, images: Optional[torch.Tensor] = None, 
     protocol = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
                 "weights_source": extractor.weights_source, "ref_stats_sha256": ref_stats.sha256(),
                 "n_samples": len(feats), "fd_backend": fd_backend, **extra}
+    return {"metrics": out, "protocol": protocol}
+
+
+def _score_adm(feats: np.ndarray, reference, reference_features: Optional[np.ndarray], extractor,
+               metrics: Sequence[str], device: Optional[str]) -> dict[str, Any]:
+    """The ADM suite's metrics and protocol; ``reference`` an ``ADMReference`` (npz) or None (features of a split)."""
+    from harness.evaluate.adm_suite import IS_SPLIT_SIZE, PR_BLOCK, PR_K, ADMReference, score_adm
+
+    ref = reference if isinstance(reference, ADMReference) else ADMReference.from_features(reference_features)
+    out = score_adm(feats, ref, extractor, metrics, device=None if device is None else str(device))
+    protocol = {"extractor": extractor.name, "weights_sha256": extractor.weights_sha256,
+                "weights_source": extractor.weights_source, "suite": "ADM evaluator (guided-diffusion evaluations/evaluator.py)",
+                "preprocess": "float32 [0,255] -> TF1 legacy bilinear 299x299 -> (x-128)/128",
+                "features": "pool_3 (2048); mixed_6/conv[..., :7] NHWC (2023) for sFID",
+                "ref_stats_sha256": ref.pool_stats.sha256() if ref.pool_stats is not None else None,
+                "ref_spatial_stats_sha256": ref.spatial_stats.sha256() if ref.spatial_stats is not None else None,
+                "is_softmax_source": extractor.logits_source, "is_split_size": IS_SPLIT_SIZE,
+                "pr": f"k={PR_K}, float16 distance blocks of {PR_BLOCK} (float32 fallback)",
+                "n_samples": len(feats), "fd_backend": "harness"}
     return {"metrics": out, "protocol": protocol}
 
 

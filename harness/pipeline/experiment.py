@@ -78,3 +78,22 @@ def run_experiment(cfg: Mapping[str, Any], *, parent_id: Optional[str] = None,
     return {"run_id": parent, "name": name, "method": cfg["method"]["name"], "units_trained": len(counts["trained"]),
             "units_reused": len(counts["reused"]), "seconds": round(time.time() - t0, 1), "world_size": world,
             "method_info": method.describe(), **result}
+
+
+def evaluate_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``harness eval``: score an experiment whose units are trained (or imported: ``train.steps: 0``) and record it.
+
+    The result is a run in the store like ``harness run``'s (so ``harness table --paper`` shows it beside the
+    seed's number), but nothing is trained here: a unit that would need training is a one-line error.
+    """
+    from harness.core.errors import ConfigError
+    from harness.train.units import done_record
+
+    workdir = Path(cfg["paths"]["workdir"])
+    method = method_for(cfg, datasets=DatasetCache())
+    untrained = [f"{role} ({spec.hash})" for role, spec in experiment_units(cfg, method).items()
+                 if int(spec.train.get("steps", 1)) > 0 and done_record(spec.directory(workdir)) is None]
+    if untrained:
+        raise ConfigError(f"harness eval scores trained units, and {', '.join(untrained)} is not trained in {workdir}",
+                          hint="train it first with harness run (same overrides), or score a sample npz with --samples")
+    return run_experiment(cfg, tags={"harness.entry": "eval"})

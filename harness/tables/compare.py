@@ -22,14 +22,17 @@ SEED_PARAM = "params.train.seed"
 # paper metric -> regexes of our MLflow metric names, in order of preference.  A number is FID only
 # from the Inception-V3 extractor (fid_inception_*); the CPU-scale stand-ins keep their own names.
 OUR_METRICS: dict[str, tuple[str, ...]] = {
-    "fid": (r"fid_inception_\w+", r"fd_cnn_\w+", r"fd_smallcnn_\w+", r"fd_raw_\w+"),
+    "fid": (r"fid_adm_\w+", r"fid_inception_\w+", r"fd_cnn_\w+", r"fd_smallcnn_\w+", r"fd_raw_\w+"),
+    "sfid": (r"sfid_adm_\w+",),
     "lpips": (r"lpips_div_\w+", r"div_\w+"),
-    "is": (r"is_inception_\w+", r"is_smallcnn_\w+"),
-    "precision": (r"precision_inception_\w+", r"precision_cnn_\w+", r"precision_smallcnn_\w+", r"precision_raw_\w+"),
-    "recall": (r"recall_inception_\w+", r"recall_cnn_\w+", r"recall_smallcnn_\w+", r"recall_raw_\w+"),
+    "is": (r"is_adm_\w+", r"is_inception_\w+", r"is_smallcnn_\w+"),
+    "precision": (r"precision_adm_\w+", r"precision_inception_\w+", r"precision_cnn_\w+", r"precision_smallcnn_\w+", r"precision_raw_\w+"),
+    "recall": (r"recall_adm_\w+", r"recall_inception_\w+", r"recall_cnn_\w+", r"recall_smallcnn_\w+", r"recall_raw_\w+"),
     "gflops": (r"gflops_per_nfe_seed004", r"gflops_per_nfe_torch", r"gflops_per_nfe"),
 }
-PROTOCOL_OF = {"fid_inception": "FID (Inception-V3 pool3)", "fd_smallcnn": "FD (smallcnn features)",
+PROTOCOL_OF = {"fid_adm": "FID (ADM evaluator protocol, Inception-V3 pool_3)", "sfid_adm": "sFID (ADM evaluator, mixed_6/conv[:7])",
+               "is_adm": "IS (ADM evaluator, 5000-sample splits)", "precision_adm": "precision (ADM evaluator, k=3)",
+               "recall_adm": "recall (ADM evaluator, k=3)", "fid_inception": "FID (Inception-V3 pool3)", "fd_smallcnn": "FD (smallcnn features)",
                "fd_cnn": "FD (features of a small CNN trained as a classifier)",
                "lpips_div": "mean pairwise LPIPS-Alex v0.1", "div": "mean pairwise cosine distance of features (not LPIPS)",
                "fd_raw": "FD (raw coordinates)", "is_inception": "IS (Inception-V3)",
@@ -168,9 +171,9 @@ def paper_vs_ours(tables: Iterable[PaperTable], runs: pd.DataFrame) -> pd.DataFr
 
 
 def _fid50k(run: Mapping[str, Any]) -> bool:
-    """A run scored like the papers: Inception-V3 features, at least 50k samples."""
+    """A run scored like the papers: Inception-V3 features (ours or the ADM suite's), at least 50k samples."""
     try:
-        return run.get("params.eval.extractor") == "inception_v3" and int(run.get("params.eval.n_samples") or 0) >= 50000
+        return run.get("params.eval.extractor") in ("inception_v3", "adm_inception") and int(run.get("params.eval.n_samples") or 0) >= 50000
     except ValueError:
         return False
 
