@@ -166,6 +166,9 @@ def captioned(*, base: dict, captions: str, limit: int | None = None) -> Caption
     return ds.head(int(limit)) if limit is not None else ds
 
 
+captioned.yields_captions = True  # harness validate: a text backbone needs such a dataset
+
+
 def class_captions(classes: tuple[str, ...] | list[str]) -> list[str]:
     """"a photo of a <class>" per class, the CPU twin's captions."""
     return [f"a photo of a {name}" for name in classes]
@@ -182,3 +185,6 @@ def fashion_mnist_captioned(*, split: str = "train", root: str | None = None, li
     meta = {"root": f"<{ENCODER}>", "encoder": ENCODER, "text_len": int(text_len), "text_dim": int(text_dim),
             "dtype": "float32", "captions": texts}
     return CaptionedDataset(base, table, base.y.clone(), meta)
+
+
+fashion_mnist_captioned.yields_captions = True
