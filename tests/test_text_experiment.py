@@ -1,6 +1,7 @@
 """The text-conditioned CPU twin (experiment=text_dit_fmnist_mini): validates, trains a few steps, fails early without captions."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -56,3 +57,17 @@ def test_a_few_training_steps_move_the_null_caption_and_the_global_modulation(tm
     init = build_backbone(cfg["backbone"], (1, 32, 32), 10).state_dict()
     assert not torch.equal(state["y_embedder.null"], init["y_embedder.null"])
     assert torch.count_nonzero(state["t_block.t_block.1.weight"]) > 0   # left its zero init
+
+
+def test_end_to_end_run_reports_the_alignment_stand_in(tmp_path):
+    """Train a few steps, sample with CFG through the caption table, and score caption_class_accuracy in [0, 1]."""
+    from harness.pipeline.experiment import run_experiment
+    from tests.configs import load_in
+
+    cfg = load_in(tmp_path, EXP, "run.progress=false", "train.steps=2", "train.batch_size=16", "data.limit=64",
+                  "eval.n_samples=16", "eval.reference_n=64", "eval.batch_size=16", "sampler.steps=2",
+                  "guidance=cfg", "guidance.scale=2.0")
+    out = run_experiment(cfg)
+    acc = out["metrics"]["caption_class_accuracy"]
+    assert 0.0 <= acc <= 1.0
+    assert "clip" not in json.dumps({k: v for k, v in out["metrics"].items()}).lower()
