@@ -131,3 +131,24 @@ def test_unknown_conditioning_and_maskdit_decoder_are_config_errors():
         make("adaln_one")
     with pytest.raises(ConfigError, match="backbone.conditioning"):
         make("adaln_single", token_selector="random_mask", token_selector_kwargs={"gamma": 0.5, "decoder_depth": 1})
+
+
+def test_documented_text_dit_xl2_counts_are_what_the_counter_gives():
+    """The figures the config comment states beside the seed's 891M -> 605M are recomputed from shapes here."""
+    import re
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "harness" / "conf" / "backbone" / "dit_xl2_text.yaml"
+    text = path.read_text()
+    single, zero = (float(v) for v in re.search(r"Parameters \(harness describe\): ([\d.]+)M here, ([\d.]+)M with",
+                                                text).groups())
+    less_caption = float(re.search(r"caption projection \([\d.]+M\) is ([\d.]+)M", text).group(1))
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    count = lambda n: describe(lambda: build_backbone(n, (4, 32, 32), 0), (4, 32, 32))["params"] / 1e6  # noqa: E731
+    got_single, got_zero = count(node), count({**node, "conditioning": "adaln_zero"})
+    assert round(got_single, 2) == single and round(got_zero, 2) == zero
+    D, E = node["hidden_size"], node["text_dim"]
+    caption_mlp = (E * D + D) + (D * D + D)                                # PixArt's caption Mlp
+    assert round(got_single - caption_mlp / 1e6, 2) == less_caption

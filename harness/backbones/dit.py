@@ -29,7 +29,9 @@ and read by a cross-attention between self-attention and FFN in every block (Eq.
 absent caption is the learned null caption (CFG).  A text model has no class table.
 
 Parameter counts of text-conditioned DiT-XL/2 (1152 wide, 28 blocks, 256 tokens, CLIP-ViT-L/14
-text 77 x 768), counted by ``harness describe`` (``conf/backbone/dit_xl2_text.yaml``):
+text 77 x 768; ``conf/backbone/dit_xl2_text.yaml``), counted on the meta device by
+:func:`harness.backbones.size.describe`, the counter of ``harness describe`` (``tests/test_adaln_single.py``
+recomputes the figures printed here and in that config):
 adaLN-Zero 824.70M -> AdaLN-Single 607.06M (-26.4 %), beside seed 003's "891M -> 605M" (-30 %).
 The after-figure agrees to 0.4 %: ours less the caption projection (2.21M) is 604.85M, so the
 seed's 605M is likely counted without it.  The before-figure we do not reproduce: 891M is
