@@ -152,3 +152,10 @@ def test_documented_text_dit_xl2_counts_are_what_the_counter_gives():
     D, E = node["hidden_size"], node["text_dim"]
     caption_mlp = (E * D + D) + (D * D + D)                                # PixArt's caption Mlp
     assert round(got_single - caption_mlp / 1e6, 2) == less_caption
+
+
+def test_official_dit_weights_refuse_an_adaln_single_model_before_reading_the_file(tmp_path):
+    from harness.backbones.dit_import import check_official
+
+    with pytest.raises(ConfigError, match="conditioning=adaln_single"):
+        check_official(make("adaln_single"), tmp_path / "absent.pt")
