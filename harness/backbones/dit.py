@@ -20,6 +20,29 @@ sinusoids of ``1000 t`` (DiT's timestep scale), ``y = None`` -> the null class
 ``num_classes`` (CFG).  The null class is always in the table; label dropout is the
 trainer's job.
 
+Conditioning (``conditioning``, seed 003 Sec. 2.5): ``adaln_zero`` (default, DiT's per-block
+adaLN MLPs, unchanged) or ``adaln_single`` (PixArt-alpha, Eq. 14-16: one global SiLU + Linear(D, 6D)
+of the t(+class) embedding shared by all blocks, plus a learned E_b (6, D) per block, and PixArt's
+final layer, a learned (2, D) table + the t embedding; :mod:`harness.backbones.conditioning`).
+Text (``text_dim``, ``text_len``): caption embeddings (B, L, text_dim) passed as ``y``, projected to D
+and read by a cross-attention between self-attention and FFN in every block (Eq. 18); a dropped or
+absent caption is the learned null caption (CFG).  A text model has no class table.
+
+Parameter counts of text-conditioned DiT-XL/2 (1152 wide, 28 blocks, 256 tokens, CLIP-ViT-L/14
+text 77 x 768; ``conf/backbone/dit_xl2_text.yaml``), counted on the meta device by
+:func:`harness.backbones.size.describe`, the counter of ``harness describe`` (``tests/test_adaln_single.py``
+recomputes the figures printed here and in that config):
+adaLN-Zero 824.70M -> AdaLN-Single 607.06M (-26.4 %), beside seed 003's "891M -> 605M" (-30 %).
+The after-figure agrees to 0.4 %: ours less the caption projection (2.21M) is 604.85M, so the
+seed's 605M is likely counted without it.  The before-figure we do not reproduce: 891M is
+66M above our adaLN-Zero text twin, and no text width explains it (T5's 4096 x 120 captions,
+PixArt's own choice, give 828.97M -> 611.33M; PixArt-alpha's paper, as we recall it and have not
+re-checked here, reports 833M -> 611M for that layout).  Our cross-attention is PixArt's (q, kv, proj Linear of width D in every block,
+ungated, after the LN of Eq. 18); a layout with its own adaLN or gate per block would explain
+part of the gap, but the seed does not describe one.  Eq. 14 as printed (an MLP to 6LD) would
+save nothing -- it has as many weights as adaLN-Zero's per-block MLPs -- so we follow PixArt's
+shared 6D output (see :mod:`harness.backbones.conditioning`).
+
 Three keys exist for released DiT/SiT weights (``backbone.init_from``,
 :mod:`harness.backbones.dit_import`) and change nothing at their defaults: ``learn_sigma``
 (DiT's extra variance channels), ``time_scale`` (SiT embeds t unscaled) and ``init_from``.
@@ -34,6 +57,8 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
+from harness.backbones.conditioning import (CONDITIONINGS, CaptionEmbedder, CrossAttention, GlobalModulation,
+                                            SingleFinalLayer, per_block_embedding)
 from harness.backbones.ffn import aux_loss, build_ffn
 from harness.backbones.token_selection import DecoderSpec, build_token_selector
 from harness.core.errors import ConfigError
@@ -124,22 +149,42 @@ class DiTBlock(nn.Module):
 
     ``cond_dim``: the width of c when it differs from the tokens' (MaskDiT's decoder blocks read
     the encoder's c, ``models/maskdit.py`` l. 320); None = ``dim``.
+    ``conditioning="adaln_single"`` (seed 003 Eq. 16): no per-block MLP; c is the global
+    modulation (B, 6, D) and the block adds its learned E_b (``scale_shift_table``, PixArt's name).
+    ``cross_attn`` (Eq. 18): attention to ``ctx["text"]`` (B, L, D) between self-attention and
+    FFN, on LN(h) without affine parameters, ungated (its zero-initialised output projection
+    plays the gate's part at init).
     """
 
     def __init__(self, dim: int, num_heads: int, ffn: nn.Module, qk_norm: bool = False,
-                 cond_dim: int | None = None) -> None:
+                 cond_dim: int | None = None, conditioning: str = "adaln_zero",
+                 cross_attn: nn.Module | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads, qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ffn = ffn
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
+        if conditioning == "adaln_single":
+            self.scale_shift_table = per_block_embedding(dim)                # E_b (6, D)
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim or dim, 6 * dim))
+        if cross_attn is not None:
+            self.norm_cross = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.cross_attn = cross_attn
+
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The six (B, 1, D) vectors [shift1, scale1, gate1, shift2, scale2, gate2] of this block."""
+        if hasattr(self, "scale_shift_table"):                             # Eq. 16: C_b + E_b
+            return (c + self.scale_shift_table[None].to(c.dtype)).chunk(6, dim=1)
+        return self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        """x (B, S, D), c (B, D) -> ((B, S, D), aux of the FFN)."""
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).unsqueeze(1).chunk(6, dim=-1)  # (B, 1, D) each
-        x = x + g1 * self.attn(modulate(self.norm1(x), sh1, sc1))
-        h, aux = self.ffn(modulate(self.norm2(x), sh2, sc2), ctx)
+        """x (B, S, D), c (B, D) (adaLN-Zero) or (B, 6, D) (AdaLN-Single) -> ((B, S, D), aux of the FFN)."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.modulation(c)                    # (B, 1, D) each
+        x = x + g1 * self.attn(modulate(self.norm1(x), sh1, sc1))           # Eq. 17
+        if hasattr(self, "cross_attn"):
+            x = x + self.cross_attn(self.norm_cross(x), ctx["text"])        # Eq. 18
+        h, aux = self.ffn(modulate(self.norm2(x), sh2, sc2), ctx)          # Eq. 19
         return x + g2 * h, aux
 
 
@@ -226,6 +271,9 @@ class DiT(nn.Module):
                  time_scale: float = 1000.0,           # t is embedded as sinusoids of time_scale * t (SiT's release: 1)
                  init_from: str | None = None,         # official DiT/SiT checkpoint; the trainer loads it after
                                                        # construction (harness.backbones.dit_import), never read here
+                 conditioning: str = "adaln_zero",     # adaln_zero (DiT) | adaln_single (PixArt-alpha, seed 003 Eq. 14-16)
+                 text_dim: int | None = None,          # caption-embedding width (CLIP-ViT-L/14: 768); None = no text
+                 text_len: int = 77,                   # caption tokens L (CLIP: 77); used with text_dim
                  ) -> None:
         super().__init__()
         self.checkpointing = bool(checkpointing)
@@ -238,6 +286,11 @@ class DiT(nn.Module):
                f"{hidden_size} is not divisible by num_heads={num_heads}")
         _check(hidden_size % 4 == 0, "hidden_size", f"{hidden_size} must be divisible by 4 (2-D sin-cos embedding)")
         _check(time_scale > 0, "time_scale", f"must be > 0, got {time_scale}")
+        _check(conditioning in CONDITIONINGS, "conditioning", f"must be one of {list(CONDITIONINGS)}, got {conditioning!r}")
+        _check(text_dim is None or (int(text_dim) > 0 and int(text_len) > 0), "text_dim",
+               f"text_dim and text_len must be > 0, got {text_dim} and {text_len}")
+        self.conditioning = conditioning
+        self.text_dim, self.text_len = (None, None) if text_dim is None else (int(text_dim), int(text_len))
         self.in_shape, self.num_classes, self.patch_size = (C, H, W), int(num_classes), int(patch_size)
         self.grid = (H // patch_size, W // patch_size)
         self.depth, self.hidden_size = depth, hidden_size
@@ -252,7 +305,10 @@ class DiT(nn.Module):
                                             nn.Conv2d(bottleneck_dim, D, kernel_size=1))
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, *self.grid)[None], persistent=False)  # (1, S, D)
         self.t_embedder = TimestepEmbedder(D, scale=float(time_scale))
-        self.label_embed = LabelEmbedder(self.num_classes, D) if self.num_classes > 0 else None
+        # A text model is conditioned by its captions (cross-attention), never by a class table (PixArt).
+        self.label_embed = LabelEmbedder(self.num_classes, D) if self.num_classes > 0 and text_dim is None else None
+        self.t_block = GlobalModulation(D) if conditioning == "adaln_single" else None
+        self.y_embedder = CaptionEmbedder(self.text_dim, self.text_len, D) if text_dim is not None else None
 
         if ffn_layers is not None:
             special = {int(i) for i in ffn_layers}
@@ -265,13 +321,18 @@ class DiT(nn.Module):
         self.ffn_layers = sorted(special) if ffn != "dense" else []     # blocks with the non-dense FFN
         self.blocks = nn.ModuleList(
             DiTBlock(D, num_heads, build_ffn(ffn if i in special else "dense", D, mlp_ratio,
-                                             ffn_kwargs if i in special else None), qk_norm)
+                                             ffn_kwargs if i in special else None), qk_norm,
+                     conditioning=conditioning, cross_attn=CrossAttention(D, num_heads) if text_dim is not None else None)
             for i in range(depth))
-        self.final_layer = FinalLayer(D, p * p * self.out_channels)
+        self.final_layer = (SingleFinalLayer(D, p * p * self.out_channels) if conditioning == "adaln_single"
+                            else FinalLayer(D, p * p * self.out_channels))
 
         self.token_selector = build_token_selector(token_selector, token_selector_kwargs, dim=D,
                                                    positions=lambda width: sincos_pos_embed_2d(width, *self.grid))
         spec = self.token_selector.decoder if self.token_selector is not None else None
+        _check(spec is None or conditioning == "adaln_zero", "conditioning",
+               "adaln_single with MaskDiT's decoder (decoder_depth > 0) is not built: the decoder's blocks and "
+               "final layer read the encoder's adaLN-Zero c; use decoder_depth=0 or conditioning=adaln_zero")
         if select_blocks is None:
             start = 2 if depth >= 6 else (1 if depth >= 3 else 0)
             select_blocks = (0, depth) if spec is not None else (start, depth - start)
@@ -312,12 +373,25 @@ class DiT(nn.Module):
             nn.init.normal_(self.label_embed.table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        if self.conditioning == "adaln_zero":
+            for block in self.blocks:
+                nn.init.zeros_(block.adaLN_modulation[-1].weight)
+                nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            final = (self.final_layer.adaLN_modulation[-1], self.final_layer.linear)
+        else:  # seed 003 Sec. 2.5: zero final projection of the (one) modulation path, E_b ~ N(0, 1/sqrt(D))
+            final = (self.t_block.t_block[-1], self.final_layer.linear)
+            for table in [b.scale_shift_table for b in self.blocks] + [self.final_layer.scale_shift_table]:
+                nn.init.normal_(table, std=self.hidden_size ** -0.5)
+        for lin in final:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        if self.y_embedder is not None:  # PixArt: caption MLP N(0, 0.02); seed 003: cross-attention output zero
+            nn.init.normal_(self.y_embedder.proj[0].weight, std=0.02)
+            nn.init.normal_(self.y_embedder.proj[2].weight, std=0.02)
+            nn.init.normal_(self.y_embedder.null, std=self.text_dim ** -0.5)
+            for block in self.blocks:
+                nn.init.zeros_(block.cross_attn.proj.weight)
+                nn.init.zeros_(block.cross_attn.proj.bias)
 
     @property
     def num_tokens(self) -> int:
@@ -335,11 +409,31 @@ class DiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, H, W)
 
     def condition(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """c = t-embedding + label embedding (null class if ``y`` is None): (B, D)."""
+        """c = t-embedding + label embedding (null class if ``y`` is None): (B, D).
+
+        A text model's c is the t-embedding alone (its captions enter by cross-attention).
+        """
         c = self.t_embedder(t.expand(batch) if t.dim() == 0 else t)
         if self.label_embed is not None:
+            if y is not None and y.is_floating_point():
+                raise ConfigError(f"backbone: a class-conditioned DiT got a float condition of shape {tuple(y.shape)}",
+                                  hint="set backbone.text_dim (and text_len) for caption embeddings")
             c = c + self.label_embed(y, batch, c.device)
         return c
+
+    def block_condition(self, c: torch.Tensor) -> torch.Tensor:
+        """What every trunk block reads: c (B, D) for adaLN-Zero, the global modulation (B, 6, D) for AdaLN-Single."""
+        return c if self.t_block is None else self.t_block(c)
+
+    def text_tokens(self, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Caption tokens (B, L, D) for the blocks' cross-attention (null caption for dropped/None), or None."""
+        if self.y_embedder is None:
+            return None
+        if y is not None and (not y.is_floating_point() or tuple(y.shape[1:]) != (self.text_len, self.text_dim)):
+            raise ConfigError(f"backbone: the text condition has shape {tuple(y.shape)}, the backbone expects "
+                              f"(B, {self.text_len}, {self.text_dim}) float caption embeddings",
+                              hint="match backbone.text_len / text_dim to the caption shards")
+        return self.y_embedder(y, batch)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 gamma: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -351,7 +445,9 @@ class DiT(nn.Module):
         B = x.shape[0]
         h = self.patchify(x)                                               # (B, S, D)
         c = self.condition(t, y, B)                                        # (B, D)
-        ctx: dict[str, Any] = {"c": c, "t": t, "y": y, "block": 0, "token_state": None}
+        c_blocks = self.block_condition(c)                                 # (B, D) or (B, 6, D)
+        ctx: dict[str, Any] = {"c": c, "t": t, "y": y, "block": 0, "token_state": None,
+                               "text": self.text_tokens(y, B)}
         total_aux = torch.zeros((), device=h.device, dtype=h.dtype)
         start, end = self.select_blocks
         h_full, state = h, None
@@ -361,7 +457,7 @@ class DiT(nn.Module):
                 h, state = self.token_selector.select(h, generator, gamma=gamma)   # (B, S', D)
                 ctx["token_state"] = state
             ctx["block"] = i
-            h, aux = self.run_block(block, h, c, ctx)
+            h, aux = self.run_block(block, h, c_blocks, ctx)
             total_aux = total_aux + aux_loss(aux, total_aux)
             if self.token_selector is not None and i == end - 1:
                 if self.mask_decoder is not None:

@@ -239,6 +239,11 @@ def _prepare(model: nn.Module, path: str | Path) -> tuple[Imported, dict[str, to
     if not isinstance(model, DiT):
         raise ConfigError(f"backbone.init_from: only the dit and sit backbones import DiT/SiT weights, "
                           f"not {type(model).__name__}")
+    if model.conditioning != "adaln_zero" or model.text_dim is not None:
+        raise ConfigError(f"backbone.init_from: official DiT/SiT weights load strictly into an adaLN-Zero class model; "
+                          f"this one has conditioning={model.conditioning}, text_dim={model.text_dim}",
+                          hint="seed 003's transfer into AdaLN-Single/text experts (Sec. 2.6) is not implemented; "
+                               "unset backbone.init_from")
     state, entry = read_official(path)
     notes = check_architecture(model, state, str(path))
     return Imported(str(path), entry, tuple(notes)), state, mapped_state(model, state, str(path))

@@ -101,6 +101,8 @@ def _inputs(model: nn.Module, in_shape: tuple[int, ...], batch: int, with_labels
     t = torch.full((batch,), 0.5, device=device)
     num_classes = int(getattr(model, "num_classes", 0))
     y = torch.zeros(batch, dtype=torch.long, device=device) if with_labels and num_classes > 0 else None
+    if getattr(model, "text_dim", None) is not None:  # a text model's condition: caption embeddings (B, L, E)
+        y = torch.zeros((batch, model.text_len, model.text_dim), device=device) if with_labels else None
     return x, t, y
 
 

@@ -176,6 +176,7 @@ def validate(cfg: Any) -> dict[str, Any]:
     check_data_root(plain["data"])
     check_data_params(plain["data"])
     check_ffn_params(plain["backbone"])
+    check_text_data(plain)
     check_exact_metric_data(plain)
     for node_name in ("method", "guidance", "sampler"):  # cross-key invariants, through the registry (the engine names no plug-in)
         node = plain.get(node_name)
@@ -186,6 +187,27 @@ def validate(cfg: Any) -> dict[str, Any]:
     if plain["eval"].get("extractor"):
         get("extractor", plain["eval"]["extractor"])
     return plain
+
+
+def check_text_data(plain: Mapping[str, Any]) -> None:
+    """A text backbone (``backbone.text_dim``) needs a dataset that yields caption embeddings (its factory says
+    ``yields_captions``), and a caption twin that states its width must state the backbone's (seed 003 Eq. 18)."""
+    backbone, data = plain.get("backbone") or {}, plain.get("data") or {}
+    factory = get("dataset", data["name"]) if data.get("name") else None
+    captions = bool(getattr(factory, "yields_captions", False))
+    text_dim = backbone.get("text_dim")
+    if text_dim is None:
+        if captions:
+            raise ConfigError(f"data={data['name']} yields caption embeddings, backbone.text_dim is not set",
+                              hint="set backbone.text_dim and backbone.text_len to the captions' width and length")
+        return
+    if not captions:
+        raise ConfigError(f"backbone.text_dim={text_dim}: data={data.get('name')} has no caption embeddings",
+                          hint="use data.name=captioned (rows + caption shards) or data=fashion_mnist_captioned")
+    for key, default in (("text_len", 77), ("text_dim", None)):
+        want, got = backbone.get(key, default), data.get(key)
+        if got is not None and want is not None and int(got) != int(want):
+            raise ConfigError(f"data.{key}={got} but backbone.{key}={want}", hint="set both to the same value")
 
 
 def check_data_params(data: Mapping[str, Any]) -> None:

@@ -182,7 +182,8 @@ class EvalConfig:
             raise ConfigError(f"{p}.reference: {self.reference} does not exist", hint="expected an ADM-format npz")
         if self.reference_n < 0 or self.seed_offset < 0:
             raise ConfigError(f"{p}.reference_n and seed_offset must be >= 0")
-        known = ["fd", "kid", "pr", "is", "sfid", "div", "lpips", "nll", "velocity_error", "heldout_fm"]   # nll, velocity_error: evaluate/exact.py; heldout_fm: evaluate/heldout.py
+        known = ["fd", "kid", "pr", "is", "sfid", "div", "lpips", "nll", "velocity_error", "heldout_fm",
+                 "caption_class_accuracy"]   # nll, velocity_error: evaluate/exact.py; heldout_fm: evaluate/heldout.py
         bad = [m for m in self.metrics if m not in known]
         if bad:
             raise ConfigError(f"{p}.metrics: unknown metric {bad[0]!r}.{suggest(bad[0], known)} Known: {', '.join(known)}")

@@ -30,6 +30,7 @@ from harness.core.versions import PROTOCOL_VERSION
 from harness.evaluate.exact import check_exact_metrics, exact_metrics
 from harness.evaluate.heldout import heldout_metrics
 from harness.evaluate.images import check_metric_reference, image_protocol, to_metric_images
+from harness.evaluate.text_alignment import NAME as ALIGNMENT, alignment_metrics, caption_field
 from harness.sample import generate
 
 GRID = 64  # samples in the logged grid
@@ -288,8 +289,10 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
     reset_routing_stats(field)
     device = eval_device(cfg)
     extractor = build_extractor(cfg, device) if ev["metrics"] else None
-    s = sample_pass(field, cfg, dataset, extractor=extractor, keep_local=needs_images(cfg), device=device)
-    images = gather_inputs(s) if needs_images(cfg) else None
+    align = ALIGNMENT in ev["metrics"]               # the text twin's caption_class_accuracy needs the images
+    keep = needs_images(cfg) or align
+    s = sample_pass(caption_field(field, dataset), cfg, dataset, extractor=extractor, keep_local=keep, device=device)
+    images = gather_inputs(s) if keep else None
     classes = int(getattr(dataset, "num_classes", 0) or 0)
     totals = dist.all_sum(routing_totals(field, classes))   # the same length on every rank
     curves = None
@@ -300,6 +303,10 @@ def evaluate_field(field, cfg: Mapping[str, Any], *, datasets, tracker=None, run
         else:
             result = score_features(s.features, cfg, datasets, extractor=extractor, nfe=s.nfe, images=images)
         result["metrics"].update(routing_metrics(field, totals, classes))
+        if align:
+            aligned = alignment_metrics(images, s.labels, extractor)
+            result["metrics"][ALIGNMENT] = aligned[ALIGNMENT]
+            result["protocol"].update({"alignment_classifier": aligned["classifier"], "alignment_note": aligned["note"]})
         curves = routing_curves(field, totals, classes)
         if curves:
             result["moe_capacity"] = curves

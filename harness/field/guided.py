@@ -132,6 +132,8 @@ class Guided(Field):
     def pooled_velocity(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         """Strong and weak halves stacked into one batch (2B, ...); the null class is row ``num_classes``."""
         null = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        if y is not None and y.is_floating_point():  # caption embeddings: an all-NaN item is the null caption
+            null = torch.full_like(y, float("nan"))
         labels = [null if b.label == "null" or y is None else y for b in (self.strong, self.weak)]
         with sparsity(self.strong.gamma, None):
             strong, weak = self.strong.field(torch.cat([x, x]), torch.cat([t, t]), torch.cat(labels)).chunk(2)

@@ -50,7 +50,14 @@ def draw_rest(g: torch.Generator, shape: tuple[int, ...], *, batch_size: int, in
 
 
 def apply_label_dropout(y: torch.Tensor, drop: torch.Tensor, num_classes: int) -> Optional[torch.Tensor]:
-    """Dropped labels become the null class ``num_classes`` (CFG training); unlabelled data: None."""
+    """Dropped labels become the null class ``num_classes`` (CFG training); unlabelled data: None.
+
+    Caption embeddings (float y, (B, L, text_dim)): a dropped item becomes all-NaN, which the text
+    backbone replaces by its learned null caption (seed 003 App.: p_cfg = 0.1 with learned null
+    embeddings; the null is the model's parameter, so the trainer can only mark the item).
+    """
+    if y is not None and y.is_floating_point():
+        return torch.where(drop.to(y.device).view(-1, *([1] * (y.dim() - 1))), torch.full_like(y, float("nan")), y)
     if num_classes <= 0:
         return None
     return torch.where(drop, torch.full_like(y, num_classes), y)

@@ -29,6 +29,7 @@ from harness.core.errors import CheckpointError, HarnessError
 from harness.core.files import sha256_file, write_json_atomic
 from harness.core.hashing import derived_seed
 from harness.core.versions import CONFIG_VERSION
+from harness.data.captions import check_against_backbone
 from harness.objectives import build_objective
 from harness.train.batches import rank_batches
 from harness.train.checkpoint import load_checkpoint, load_latest, save_checkpoint
@@ -96,6 +97,8 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     per_rank = dist.check_divides(int(tc["batch_size"]), "train.batch_size")
     rounds = micro_batches(per_rank, tc.get("batch_gpu"))
     objective = build_objective(spec.objective)
+    text_dim = spec.backbone.get("text_dim")
+    check_against_backbone(dataset, spec.backbone.get("text_len", 77), text_dim)   # before any step
     model = build_model_for(spec, tuple(dataset.shape), dataset.num_classes)
     imported = load_init(model, spec)   # before the EMA copies the weights
     model = model.to(device)
