@@ -69,7 +69,10 @@ def print_table(sweep, rows: Sequence[Mapping[str, Any]], echo: Callable[..., An
         state_txt = r["state"] if not r["error"] or r["state"] != "failed" else f"failed: {r['error'][:60]}"
         table.add_row(r["id"], delta_text(r["delta"]), state_txt, value, f"{len(r['trained'])}/{len(r['reused'])}",
                       r["run_id"])
-    Console(width=200).print(table)
+    console = Console()
+    if not console.is_terminal:   # logs and pipes: one unwrapped line per cell; a terminal gets a table of its width
+        console = Console(width=200)
+    console.print(table)
     counts = {s: sum(r["state"] == s for r in rows) for s in state.STATES}
     tot = unit_totals(rows)
     echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) +
