@@ -22,7 +22,9 @@ trainer's job.
 
 Three keys exist for released DiT/SiT weights (``backbone.init_from``,
 :mod:`harness.backbones.dit_import`) and change nothing at their defaults: ``learn_sigma``
-(DiT's extra variance channels), ``time_scale`` (SiT embeds t unscaled) and ``init_from``.
+(DiT's extra variance channels), ``time_scale`` (SiT embeds t unscaled) and ``init_from``;
+two more for seed 003's DDPM -> FM initialisation (:mod:`harness.backbones.dit_transfer`):
+``init_transfer`` and ``time_map`` (Eq. 21's step index for flow-matching experts).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from torch.nn import functional as F
 from harness.backbones.ffn import aux_loss, build_ffn
 from harness.backbones.token_selection import DecoderSpec, build_token_selector
 from harness.core.errors import ConfigError
-from harness.core.registry import register
+from harness.core.registry import get, register
 
 
 # ---------------------------------------------------------------- embeddings (shared)
@@ -64,8 +66,9 @@ class TimestepEmbedder(nn.Module):
         self.freq_dim, self.scale = freq_dim, scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim, scale=self.scale).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        scale = self.scale if scale is None else scale   # 1: t is already a step index (``time_map``)
+        return self.mlp(timestep_embedding(t, self.freq_dim, scale=scale).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -226,8 +229,11 @@ class DiT(nn.Module):
                  time_scale: float = 1000.0,           # t is embedded as sinusoids of time_scale * t (SiT's release: 1)
                  init_from: str | None = None,         # official DiT/SiT checkpoint; the trainer loads it after
                                                        # construction (harness.backbones.dit_import), never read here
+                 init_transfer: str | None = None,     # how init_from is read: None strict, eq20 (dit_transfer); not read here
+                 time_map: str | None = None,          # registered time_map: t -> step index, embedded unscaled (Eq. 21)
                  ) -> None:
         super().__init__()
+        self.time_map = get("time_map", time_map) if time_map is not None else None
         self.checkpointing = bool(checkpointing)
         _check(len(in_shape) == 3, "name", f"transformers need (C, H, W) data, got in_shape={tuple(in_shape)}")
         C, H, W = (int(s) for s in in_shape)
@@ -336,7 +342,8 @@ class DiT(nn.Module):
 
     def condition(self, t: torch.Tensor, y: torch.Tensor | None, batch: int) -> torch.Tensor:
         """c = t-embedding + label embedding (null class if ``y`` is None): (B, D)."""
-        c = self.t_embedder(t.expand(batch) if t.dim() == 0 else t)
+        t = t.expand(batch) if t.dim() == 0 else t
+        c = self.t_embedder(t) if self.time_map is None else self.t_embedder(self.time_map(t), scale=1.0)
         if self.label_embed is not None:
             c = c + self.label_embed(y, batch, c.device)
         return c
