@@ -35,6 +35,7 @@ class DDPMInit(Method):
         self.pretrain = dict(pretrain or {})
         self.time_map = time_map
         self.init_from: Optional[str] = None
+        self._stand_in = False   # a stand-in (describe before prepare) has the network's shapes without its init
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -88,7 +89,7 @@ class DDPMInit(Method):
         cfg = dict(self.cfg, backbone=dict(self.cfg["backbone"]))
         if self.time_map is not None and cfg["objective"]["name"] != "ddpm":
             cfg["backbone"]["time_map"] = self.time_map
-        if self.steps > 0 and not getattr(self, "_stand_in", False):
+        if self.steps > 0 and not self._stand_in:
             if self.init_from is None:
                 raise RuntimeError("DDPMInit.units() before prepare(): the network starts from the pretrain unit")
             cfg["backbone"].update(init_from=self.init_from, init_transfer="eq20")

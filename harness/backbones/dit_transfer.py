@@ -9,7 +9,8 @@ complete import of :mod:`harness.backbones.dit_import`, the expert takes from th
   embedding MLP", so it is kept);
 * re-initialised N(0, 0.02) (biases zero): the final layer (``final_layer.linear`` and its adaLN
   modulation; Eq. 20's "final_layer") and a text projection when the expert has one (none today:
-  text conditioning is not in this backbone yet);
+  text conditioning is not in this backbone yet; Eq. 20 says N(0, 0.02) for ``text_proj``, Sec. 6.2
+  "zero initialization" for the new cross-attention projections: we follow the equation);
 * dropped: the class embedding (``label_embed`` / ``y_embedder``: the expert's own table, if it has
   classes, keeps its fresh N(0, 0.02) init) and, with the final layer, DiT's learned-sigma channels.
 
