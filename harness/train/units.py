@@ -45,7 +45,6 @@ class UnitSpec:
             raise ConfigError(f"backbone.learn_sigma=true: objective={self.objective.get('name')} reads C output channels, "
                               "the variance half is DiT's DDPM variance (eps objectives only)",
                               hint="set backbone.learn_sigma=false (SiT's release drops the variance half), or objective=ddpm_*")
-
         self._check_transfer_keys()
 
     def _check_transfer_keys(self) -> None:
