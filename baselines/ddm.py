@@ -146,10 +146,14 @@ class DDM(Method):
         """Objective node expert ``i`` trains with (homogeneous: the run's objective)."""
         return dict(self.cfg["objective"])
 
+    def expert_backbone(self, i: int) -> dict[str, Any]:
+        """Backbone node expert ``i`` trains with (homogeneous: the run's backbone)."""
+        return dict(self.cfg["backbone"])
+
     def units(self) -> dict[str, UnitSpec]:
         expert = expert_train(self.cfg["train"], self.k, self.budget)
         units = {f"expert{i}": UnitSpec(label=f"expert{i} (cluster {i}/{self.k}, {self.expert_objective(i)['name']})",
-                                        data=self.cluster_node(i, "none"), backbone=dict(self.cfg["backbone"]),
+                                        data=self.cluster_node(i, "none"), backbone=self.expert_backbone(i),
                                         objective=self.expert_objective(i), train=dict(expert))
                  for i in range(self.k)}
         train = dict(self.cfg["train"], label_dropout=0.0, steps=int(self.router_steps or self.cfg["train"]["steps"]))

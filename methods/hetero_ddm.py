@@ -73,6 +73,16 @@ class HeteroDDM(DDM):
     def expert_objective(self, i: int) -> dict[str, Any]:
         return training_node(self.ddpm_objective) if i in self.ddpm_experts else dict(self.cfg["objective"])
 
+    def expert_backbone(self, i: int) -> dict[str, Any]:
+        """A DDPM expert feeds the backbone its own tau, DiT's step / 1000: no time map (seed 003 Eq. 21, second case).
+
+        ``backbone.time_map: eq21`` (the first case, round(999 t) for FM experts) stays on the FM experts only.
+        """
+        node = super().expert_backbone(i)
+        if i in self.ddpm_experts:
+            node.pop("time_map", None)
+        return node
+
     def expert_field(self, i: int, part: tuple[torch.nn.Module, Any]) -> Field:
         """DDPM experts answer through the configured conversion (seed 003, Eq. 24 + Sec. 8)."""
         model, objective = part

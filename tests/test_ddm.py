@@ -300,11 +300,14 @@ def test_mini_experiments_validate(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["ddm_dit_b2_laion_art", "ddm_dit_xl2_laion", "hetero_ddm_dit_xl2_laion"])
 def test_full_scale_experiments_validate_with_their_paths(tmp_path, name):
+    from tests.dit_shapes import shape_only_official
+
     feats = tmp_path / "dinov2.npy"
     np.save(feats, np.zeros((2, 4), dtype=np.float32))
+    init = [f"backbone.init_from={shape_only_official(tmp_path / 'dit.pt')}"] if "xl2" in name else []
     os.environ["HARNESS_WORKDIR"] = str(tmp_path)
     try:
-        cfg = load([f"experiment={name}", f"data.root={tmp_path}", f"method.features_kwargs.path={feats}"])
+        cfg = load([f"experiment={name}", f"data.root={tmp_path}", f"method.features_kwargs.path={feats}", *init])
     finally:
         os.environ.pop("HARNESS_WORKDIR")
     assert cfg["method"]["k"] == 8 and cfg["method"]["metric"] == "cosine"

@@ -45,7 +45,9 @@ shared 6D output (see :mod:`harness.backbones.conditioning`).
 
 Three keys exist for released DiT/SiT weights (``backbone.init_from``,
 :mod:`harness.backbones.dit_import`) and change nothing at their defaults: ``learn_sigma``
-(DiT's extra variance channels), ``time_scale`` (SiT embeds t unscaled) and ``init_from``.
+(DiT's extra variance channels), ``time_scale`` (SiT embeds t unscaled) and ``init_from``;
+two more for seed 003's DDPM -> FM initialisation (:mod:`harness.backbones.dit_transfer`):
+``init_transfer`` and ``time_map`` (Eq. 21's step index for flow-matching experts).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ from harness.backbones.conditioning import (CONDITIONINGS, CaptionEmbedder, Cros
 from harness.backbones.ffn import aux_loss, build_ffn
 from harness.backbones.token_selection import DecoderSpec, build_token_selector
 from harness.core.errors import ConfigError
-from harness.core.registry import register
+from harness.core.registry import get, register
 
 
 # ---------------------------------------------------------------- embeddings (shared)
@@ -89,8 +91,9 @@ class TimestepEmbedder(nn.Module):
         self.freq_dim, self.scale = freq_dim, scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim, scale=self.scale).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        scale = self.scale if scale is None else scale   # 1: t is already a step index (``time_map``)
+        return self.mlp(timestep_embedding(t, self.freq_dim, scale=scale).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -274,8 +277,11 @@ class DiT(nn.Module):
                  conditioning: str = "adaln_zero",     # adaln_zero (DiT) | adaln_single (PixArt-alpha, seed 003 Eq. 14-16)
                  text_dim: int | None = None,          # caption-embedding width (CLIP-ViT-L/14: 768); None = no text
                  text_len: int = 77,                   # caption tokens L (CLIP: 77); used with text_dim
+                 init_transfer: str | None = None,     # how init_from is read: None strict, eq20 (dit_transfer); not read here
+                 time_map: str | None = None,          # registered time_map: t -> step index, embedded unscaled (Eq. 21)
                  ) -> None:
         super().__init__()
+        self.time_map = get("time_map", time_map) if time_map is not None else None
         self.checkpointing = bool(checkpointing)
         _check(len(in_shape) == 3, "name", f"transformers need (C, H, W) data, got in_shape={tuple(in_shape)}")
         C, H, W = (int(s) for s in in_shape)
@@ -413,7 +419,8 @@ class DiT(nn.Module):
 
         A text model's c is the t-embedding alone (its captions enter by cross-attention).
         """
-        c = self.t_embedder(t.expand(batch) if t.dim() == 0 else t)
+        t = t.expand(batch) if t.dim() == 0 else t
+        c = self.t_embedder(t) if self.time_map is None else self.t_embedder(self.time_map(t), scale=1.0)
         if self.label_embed is not None:
             if y is not None and y.is_floating_point():
                 raise ConfigError(f"backbone: a class-conditioned DiT got a float condition of shape {tuple(y.shape)}",

@@ -25,6 +25,7 @@ KINDS = (
     "dataset",     # harness.data.base.ArrayDataset factories
     "objective",   # training losses and their conversion to velocity
     "time_sampler",
+    "time_map",    # harness t -> a backbone's time input (seed 003 Eq. 21: a DDPM DiT's step index for FM experts)
     "monitor",     # CBS complexity monitors (later issues)
     "sampler",     # ODE integrators over a Field
     "metric",

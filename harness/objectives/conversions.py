@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from harness.core.registry import register
 from harness.objectives.base import _bcast
 from harness.objectives.schedules import Schedule
 
@@ -25,6 +26,20 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_tau, tau) -> 
 def ddpm_timestep(t: torch.Tensor) -> torch.Tensor:
     """t_DiT = round(999 t) for t in [0, 1] (seed 003, Eq. 21); t in the seed's convention (1 = noise)."""
     return torch.round(999 * t.clamp(0, 1)).long()
+
+
+@register("time_map", "eq21")
+def fm_step_index(t: torch.Tensor) -> torch.Tensor:
+    """Eq. 21 for a flow-matching expert fed harness t: t_DiT = round(999 (1 - t)), a float step index.
+
+    Direction: the harness's t runs 0 = noise -> 1 = data (:func:`harness.objectives.flow_matching.interpolate`);
+    the seed's FM t, and a DDPM DiT's step index (999 = pure noise), run the other way, so the seed's
+    round(999 t_seed) is round(999 (1 - t)) here.  A backbone with ``time_map: eq21`` embeds this index
+    unscaled, as DiT embeds its integer steps, so an expert initialised from a DDPM DiT (seed 003 Sec. 2.6,
+    ``backbone.init_transfer``) reads the pretrained timestep-embedding MLP at the step of equal seed time.
+    DDPM experts need no map (Eq. 21's second case): they already feed tau = 1 - t, embedded as 1000 tau.
+    """
+    return ddpm_timestep(1 - t).to(t.dtype if t.is_floating_point() else torch.float32)
 
 
 def x0_from_eps(x: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,

@@ -16,6 +16,7 @@ import torch
 from harness.api.guidance import build_guidance
 from harness.backbones.build import build_backbone
 from harness.backbones.dit_import import check_official
+from harness.backbones.dit_transfer import check_transfer
 from harness.backbones.size import describe
 from harness.data.shapes import data_shape
 from harness.pipeline.assemble import experiment_units, method_for
@@ -41,6 +42,11 @@ def describe_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if spec.backbone.get("init_from") is not None:  # released weights: checked against the config from shapes
             with torch.device("meta"):
                 model = build()
+            if spec.backbone.get("init_transfer") is not None:   # seed 003 Eq. 20: what is taken, renewed, dropped
+                transferred = check_transfer(model, spec.backbone["init_from"])
+                rows[role]["init_from"] = transferred.to_dict()
+                imported.append(f"{role}: {transferred.line()}")
+                continue
             record = check_official(model, spec.backbone["init_from"])   # shapes only: nothing is loaded
             rows[role]["init_from"] = record.to_dict()
             imported.append(f"{role} imported from {record.path} ({record.entry}{''.join('; ' + n for n in record.notes)})")

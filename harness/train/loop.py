@@ -24,6 +24,7 @@ import torch
 
 from harness.backbones.build import build_backbone
 from harness.backbones.dit_import import import_official
+from harness.backbones.dit_transfer import transfer_ddpm
 from harness.core import dist
 from harness.core.errors import CheckpointError, HarnessError
 from harness.core.files import sha256_file, write_json_atomic
@@ -49,10 +50,19 @@ def build_model_for(spec: UnitSpec, shape: tuple[int, ...], num_classes: int) ->
 
 
 def load_init(model: torch.nn.Module, spec: UnitSpec) -> Optional[dict[str, Any]]:
-    """Load ``backbone.init_from`` (an official DiT/SiT checkpoint) over the seed's weights; what was read, or None."""
+    """Load ``backbone.init_from`` over the seed's weights; what was read, or None.
+
+    Strict (an official DiT/SiT checkpoint, in full) by default; ``backbone.init_transfer: eq20`` is seed
+    003's DDPM -> expert transfer (:mod:`harness.backbones.dit_transfer`), printed and recorded.
+    """
     path = spec.backbone.get("init_from")
     if path is None:
         return None
+    if spec.backbone.get("init_transfer") is not None:
+        record = transfer_ddpm(model, path)
+        if dist.rank() == 0:
+            print(f"{spec.label}: {record.line()}", flush=True)
+        return dict(record.to_dict(), sha256=sha256_file(path, memo=True))
     return dict(import_official(model, path).to_dict(), sha256=sha256_file(path, memo=True))
 
 

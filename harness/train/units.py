@@ -45,6 +45,21 @@ class UnitSpec:
             raise ConfigError(f"backbone.learn_sigma=true: objective={self.objective.get('name')} reads C output channels, "
                               "the variance half is DiT's DDPM variance (eps objectives only)",
                               hint="set backbone.learn_sigma=false (SiT's release drops the variance half), or objective=ddpm_*")
+        self._check_transfer_keys()
+
+    def _check_transfer_keys(self) -> None:
+        """Seed 003 Sec. 2.6's keys: a transfer needs a source, and Eq. 21's map is for flow-matching experts only."""
+        from harness.backbones.dit_transfer import check_mode
+
+        check_mode(self.backbone.get("init_transfer"))
+        if self.backbone.get("init_transfer") is not None and self.backbone.get("init_from") is None:
+            raise ConfigError("backbone.init_transfer is set but backbone.init_from is not: nothing to transfer from",
+                              hint="set backbone.init_from=<a DDPM DiT checkpoint: ours (ckpt_*.pt) or official>")
+        if self.backbone.get("time_map") is not None and self._native_kind() != "velocity":
+            raise ConfigError(f"backbone.time_map={self.backbone['time_map']}: Eq. 21 maps a flow-matching expert's t "
+                              f"to a DDPM step; objective={self.objective.get('name')} feeds its own time "
+                              "(a DDPM expert's tau is already DiT's step / 1000)",
+                              hint="drop backbone.time_map for DDPM experts (seed 003 Eq. 21, second case)")
 
     def _native_kind(self) -> str:
         from harness.objectives import build_objective
