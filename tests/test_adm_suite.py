@@ -249,3 +249,15 @@ def test_harness_eval_of_a_released_format_checkpoint_records_a_run_and_names_th
     assert main(["eval", *untrained]) == 2
     err = capsys.readouterr().err.strip()
     assert "harness eval scores trained units" in err and "\n" not in err
+
+
+@needs_inception
+def test_harness_fid_with_the_adm_extractor_compares_pool_3_statistics(adm, tmp_path):
+    from harness.evaluate.scoring import fid_between
+
+    imgs = np.random.default_rng(4).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    npz = write_adm_npz(tmp_path / "a.npz", imgs)
+    out = fid_between(str(npz), str(npz), adm)
+    assert abs(out["fid_adm"]) < 1e-3 and out["extractor"] == "adm_inception"
+    stats = write_adm_npz(tmp_path / "s.npz", mu=np.zeros(POOL_DIM), sigma=np.eye(POOL_DIM))
+    assert fid_between(str(npz), str(stats), adm)["fid_adm"] > 1.0          # 2048-d on both sides: pool_3 only

@@ -114,6 +114,16 @@ def _logits(extractor, images: Optional[torch.Tensor]) -> np.ndarray:
     return logits
 
 
+def _pool_stats(feats: np.ndarray, extractor) -> tuple[FeatureStats, np.ndarray]:
+    """The FD statistics of features: the ADM suite's pool_3 part with its float32 mean, else all of them."""
+    if getattr(extractor, "suite", None) == "adm":
+        from harness.evaluate.adm_suite import adm_stats
+
+        pool = extractor.split(feats)[0]
+        return adm_stats(pool), pool
+    return FeatureStats.from_features(feats), feats
+
+
 def _load_side(spec: str, extractor) -> tuple[Optional[FeatureStats], Optional[np.ndarray], str]:
     """Stats/features of an image folder, an ADM sample npz or a statistics npz."""
     from harness.evaluate.adm import read_adm_npz
@@ -129,12 +139,13 @@ def _load_side(spec: str, extractor) -> tuple[Optional[FeatureStats], Optional[n
         sizes = {tuple(i.shape) for i in imgs}
         if len(sizes) > 1:
             raise DataError(f"{p}: images have different sizes {sorted(sizes)[:3]}", hint="resize them to one size first")
-        feats = extractor.features(torch.stack(imgs))
-        return FeatureStats.from_features(feats), feats, f"folder:{len(files)}"
+        stats, feats = _pool_stats(extractor.features(torch.stack(imgs)), extractor)
+        return stats, feats, f"folder:{len(files)}"
     arrays = read_adm_npz(p)
     if arrays["arr_0"] is not None:
-        feats = extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2))
-        return FeatureStats.from_features(feats), feats, f"npz-images:{len(feats)}"
+        stats, feats = _pool_stats(extractor.features(torch.from_numpy(np.array(arrays["arr_0"])).permute(0, 3, 1, 2)),
+                                   extractor)
+        return stats, feats, f"npz-images:{len(feats)}"
     return FeatureStats(arrays["mu"], arrays["sigma"], 0), None, "npz-stats"
 
 
