@@ -8,7 +8,8 @@ from tests.methods.conformance import check_method
 
 EXTRA = {"naive_split": ["method.n=3"], "cbs": ["method.n=3", "split.field=exact", "split.trajectories=32"],
          "ddm": ["method.k=2"], "hetero_ddm": ["method.k=2"],  # k = the 2 classes fake_parts gives every router
-         "diffmoe": ["experiment=diffmoe_mini_fmnist", "backbone.depth=2", "backbone.ffn_layers=[1]"]}  # needs DiffMoE layers
+         "diffmoe": ["experiment=diffmoe_mini_fmnist", "backbone.depth=2", "backbone.ffn_layers=[1]"],  # needs DiffMoE layers
+         "ddpm_init": ["experiment=ddpm_init_fmnist_mini"]}  # a DiT on images (seed 003 Eq. 20 transfers DiT weights)
 
 
 @pytest.mark.parametrize("name", registry("method").keys())
