@@ -66,12 +66,13 @@ def data_size_hint(data: Mapping[str, Any]) -> Optional[int]:
 class DDM(Method):
     def __init__(self, cfg, k: int = 4, features: str = PIXELS, features_kwargs: Optional[dict] = None,
                  metric: str = "euclidean", kmeans_iters: int = 100, kmeans_seed: int = 0,
-                 router_backbone: Optional[dict] = None, router_steps: Optional[int] = None,
+                 fine_k: Optional[int] = None, router_backbone: Optional[dict] = None, router_steps: Optional[int] = None,
                  router_lr: Optional[float] = None, mixing: str = "top1", top_k: int = 2,
                  budget: str = "per_expert", accuracy_n: int = 500) -> None:
         super().__init__(cfg)
         self.k, self.features, self.features_kwargs = int(k), features, dict(features_kwargs or {})
         self.metric, self.kmeans_iters, self.kmeans_seed = metric, int(kmeans_iters), int(kmeans_seed)
+        self.fine_k = None if fine_k is None else int(fine_k)
         self.router_backbone = dict(router_backbone or DEFAULT_ROUTER)
         self.router_steps, self.router_lr = router_steps, router_lr
         self.mixing, self.top_k, self.budget, self.accuracy_n = mixing, int(top_k), budget, int(accuracy_n)
@@ -100,6 +101,14 @@ class DDM(Method):
                               hint=f"raise train.batch_size to a multiple of {k} or use method.budget=equal_total")
         if m.get("metric", "euclidean") not in METRICS:
             raise ConfigError(f"method.metric: {m.get('metric')!r} is not one of {', '.join(METRICS)}")
+        if m.get("fine_k") is not None:
+            fine_k = int(m["fine_k"])
+            if fine_k <= k:
+                raise ConfigError(f"method.fine_k={fine_k} must exceed method.k={k} (fine groups are merged into k coarse clusters)",
+                                  hint="raise method.fine_k (seed 003: 1024 for k=8) or set method.fine_k=null for flat k-means")
+            if n is not None and fine_k > n:
+                raise ConfigError(f"method.fine_k={fine_k} exceeds the {n} items of the data",
+                                  hint="lower method.fine_k or set it to null for flat k-means")
         if m.get("features", PIXELS) not in (PIXELS, PRECOMPUTED):
             registry("extractor").get(m["features"])
         rb = m.get("router_backbone") or DEFAULT_ROUTER
@@ -132,7 +141,8 @@ class DDM(Method):
         data = self._datasets.get(self.cfg["data"])
         self.clustering = cluster_dataset(data, self.cfg["data"], k=self.k, features=self.features,
                                           features_kwargs=self.features_kwargs, metric=self.metric,
-                                          iters=self.kmeans_iters, seed=self.kmeans_seed, store=self.store())
+                                          iters=self.kmeans_iters, seed=self.kmeans_seed, store=self.store(),
+                                          fine_k=self.fine_k)
 
     def cluster_node(self, cluster: Optional[int], labels: str) -> dict[str, Any]:
         """The data node of one cluster (or all data), naming the clustering by hash."""

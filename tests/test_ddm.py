@@ -17,7 +17,7 @@ from harness.field import Exact
 from harness.field.mixture import FunctionRouter, Mixture, NetRouter, ThresholdRouter, mixing_weights
 from harness.objectives.conversions import damping, damping_eq31
 from harness.objectives.schedules import Cosine
-from harness.clusters.partition import assign, kmeans
+from harness.clusters.partition import assign, hierarchical_kmeans, kmeans
 from tests.gaussian import linear_velocity, vp_posteriors
 
 MU, S = 0.7, 0.4
@@ -175,6 +175,38 @@ def test_kmeans_recovers_separated_components_and_is_deterministic():
                 __import__("itertools").permutations(range(3)))
     assert agree > 0.99
     assert torch.equal(assign(x, centroids), ids)
+
+
+def test_hierarchical_kmeans_merges_fine_groups_by_size_into_the_components():
+    """Seed 003 Sec. 6.1's two stages on three separated blobs of unequal size: every fine group lies inside
+    one blob, so the coarse clusters are the blobs and each coarse centroid is the mean of its blob's items
+    (it would not be if the fine centroids were merged without weighting them by their groups' sizes)."""
+    g = torch.Generator().manual_seed(4)
+    centres = torch.tensor([[-8.0, 0.0], [8.0, 0.0], [0.0, 12.0]])
+    sizes = [600, 150, 60]
+    x = torch.cat([c + torch.randn(n, 2, generator=g) * torch.tensor([2.0, 0.3]) for c, n in zip(centres, sizes)])
+    y = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    ids, centroids = hierarchical_kmeans(x, 3, 24, seed=0)
+    perm = {int(ids[y == i].mode().values): i for i in range(3)}
+    assert sorted(perm.values()) == [0, 1, 2]
+    assert torch.equal(torch.tensor([perm[int(i)] for i in ids]), y)
+    for c, i in perm.items():
+        assert torch.allclose(centroids[c].double(), x[y == i].double().mean(0), atol=1e-5)
+    unweighted, _ = kmeans(x, 24, seed=0)
+    assert len(set(unweighted.tolist())) == 24                      # the fine stage really had 24 groups
+    again, _ = hierarchical_kmeans(x, 3, 24, seed=0)
+    assert torch.equal(ids, again)
+
+
+def test_hierarchical_clustering_changes_the_hash_and_bad_fine_k_is_a_config_error(tmp_path):
+    flat = method_for(cfg_for(tmp_path, "method=ddm", "method.k=2"))
+    hier = method_for(cfg_for(tmp_path, "method=ddm", "method.k=2", "method.fine_k=8"))
+    assert hier.clustering.hash != flat.clustering.hash and hier.clustering.provenance["fine_k"] == 8
+    assert sum(hier.clustering.counts) == 400 and min(hier.clustering.counts) > 0
+    with pytest.raises(ConfigError, match=r"method.fine_k=2 must exceed method.k=2"):
+        cfg_for(tmp_path, "method=ddm", "method.k=2", "method.fine_k=2")
+    with pytest.raises(ConfigError, match=r"method.fine_k=500 exceeds the 400 items"):
+        cfg_for(tmp_path, "method=ddm", "method.k=2", "method.fine_k=500", "data.n=400")
 
 
 def test_cluster_datasets_partition_the_data_and_router_labels_are_the_ids(tmp_path):

@@ -8,10 +8,14 @@ DINOv2 TorchScript file via ``dinov2``, Inception-V3, the fixed-seed small CNN) 
 goes into the cache key, so changing the extractor changes the clustering hash and with
 it every expert unit's hash.
 
-The clustering is plain Lloyd k-means with k-means++ seeding from a seeded generator
+The clustering is Lloyd k-means with k-means++ seeding from a seeded generator
 (deterministic on CPU), in torch; ``metric='cosine'`` L2-normalises the features first
-(spherical k-means, the seed's cosine distance).  The seed's two-stage hierarchical
-variant (1024 fine groups -> K coarse) is not implemented: at the mini scale K is 2..8.
+(spherical k-means, the seed's cosine distance).  ``fine_k`` selects seed 003 Sec. 6.1's
+two-stage hierarchical variant: k-means into ``fine_k`` fine groups (1024 in the seed), then
+k-means of the fine centroids, each weighted by its group's size, into the K coarse clusters
+(so a coarse centroid is the mean of its member items), and finally every item assigned to
+its nearest coarse centroid ("each image ... is then assigned to its nearest cluster").
+``fine_k: null`` is flat k-means straight into K.
 """
 from __future__ import annotations
 
@@ -122,11 +126,13 @@ def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100, metric: str = "euclidean",
-           key: str = "method.k") -> tuple[torch.Tensor, torch.Tensor]:
+           key: str = "method.k", weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with k-means++ seeding: (ids (N,), centroids (k, F)).
 
-    Raises a one-line ConfigError for more clusters than items, or a cluster that ends empty
-    (duplicate items, or k too large for the data's distinct points).
+    ``weights`` (N,) > 0 weight the points in the seeding and the centroid means (the
+    coarse stage of :func:`hierarchical_kmeans`: a fine centroid counts as its group's
+    items).  Raises a one-line ConfigError for more clusters than items, or a cluster that
+    ends empty (duplicate items, or k too large for the data's distinct points).
     """
     if metric not in METRICS:
         raise ConfigError(f"method.metric: {metric!r} is not one of {', '.join(METRICS)}")
@@ -135,10 +141,12 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100, metric: 
         raise ConfigError(f"{key}={k}: k-means needs 1 <= k <= {n}, the number of items in the data",
                           hint=f"lower {key} or use more data")
     x = _normalise(x.double(), metric)
+    w = torch.ones(n, dtype=x.dtype) if weights is None else weights.to(x.dtype).reshape(n)
     g = torch.Generator().manual_seed(int(seed))
-    centroids = x[torch.randint(n, (1,), generator=g)]
+    first = torch.randint(n, (1,), generator=g) if weights is None else torch.multinomial(w / w.sum(), 1, generator=g)
+    centroids = x[first]
     for _ in range(1, k):                                             # k-means++ (Arthur & Vassilvitskii 2007)
-        d = _sq_dists(x, centroids).min(1).values
+        d = _sq_dists(x, centroids).min(1).values * w
         if float(d.sum()) <= 0:
             raise ConfigError(f"{key}={k}: the data has fewer than {k} distinct feature vectors, so a cluster would be empty",
                               hint=f"lower {key}")
@@ -150,11 +158,34 @@ def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iters: int = 100, metric: 
         if bool((counts == 0).any()):
             empty = int((counts == 0).nonzero()[0])
             raise ConfigError(f"{key}={k}: cluster {empty} is empty after k-means", hint=f"lower {key} or change method.kmeans_seed")
-        centroids = _normalise(torch.zeros_like(centroids).index_add_(0, new_ids, x) / counts[:, None].to(x.dtype), metric)
+        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, new_ids, w)
+        centroids = _normalise(torch.zeros_like(centroids).index_add_(0, new_ids, x * w[:, None]) / mass[:, None], metric)
         if torch.equal(new_ids, ids):
             break
         ids = new_ids
     return ids, centroids.float()
+
+
+def hierarchical_kmeans(x: torch.Tensor, k: int, fine_k: int, *, seed: int = 0, iters: int = 100,
+                        metric: str = "euclidean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Seed 003 Sec. 6.1's two stages: ``fine_k`` fine groups, their centroids (weighted by size) into ``k``.
+
+    Returns (ids (N,), coarse centroids (k, F)) with every item assigned to its nearest coarse
+    centroid; an item's final cluster can differ from its fine group's (a fine group near a
+    coarse boundary), as in the seed's final nearest-cluster assignment.
+    """
+    if fine_k <= k:
+        raise ConfigError(f"method.fine_k={fine_k} must exceed method.k={k} (fine groups are merged into k coarse clusters)",
+                          hint="raise method.fine_k (seed 003: 1024 for k=8) or set method.fine_k=null for flat k-means")
+    fine_ids, fine_c = kmeans(x, fine_k, seed=seed, iters=iters, metric=metric, key="method.fine_k")
+    sizes = torch.bincount(fine_ids, minlength=fine_k)
+    _, coarse = kmeans(fine_c.double(), k, seed=seed, iters=iters, metric=metric, weights=sizes)
+    ids = assign(x, coarse, metric)
+    counts = torch.bincount(ids, minlength=k)
+    if bool((counts == 0).any()):
+        raise ConfigError(f"method.k={k}: coarse cluster {int((counts == 0).nonzero()[0])} holds no item after the final assignment",
+                          hint="lower method.k or change method.kmeans_seed")
+    return ids, coarse.float()
 
 
 def assign(features: torch.Tensor, centroids: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
@@ -163,11 +194,15 @@ def assign(features: torch.Tensor, centroids: torch.Tensor, metric: str = "eucli
 
 
 def clustering_key(data_node: Mapping[str, Any], feature_id: Mapping[str, str], feature_kwargs: Mapping[str, Any],
-                   *, k: int, metric: str, iters: int, seed: int) -> str:
-    """The clustering's content hash: what the expert units' data nodes carry."""
-    return content_hash({"version": PARTITION_VERSION, "data": dict(data_node), "features": dict(feature_id),
-                         "features_kwargs": dict(feature_kwargs), "k": int(k), "metric": metric,
-                         "iters": int(iters), "seed": int(seed)})
+                   *, k: int, metric: str, iters: int, seed: int, fine_k: Optional[int] = None) -> str:
+    """The clustering's content hash: what the expert units' data nodes carry (``fine_k`` only when set,
+    so flat clusterings keep their hashes)."""
+    node = {"version": PARTITION_VERSION, "data": dict(data_node), "features": dict(feature_id),
+            "features_kwargs": dict(feature_kwargs), "k": int(k), "metric": metric,
+            "iters": int(iters), "seed": int(seed)}
+    if fine_k is not None:
+        node["fine_k"] = int(fine_k)
+    return content_hash(node)
 
 
 def store_dir(store: str | Path, key: str) -> Path:
@@ -201,21 +236,29 @@ def load_clustering(store: str | Path, key: str) -> Optional[Clustering]:
 
 def cluster_dataset(dataset, data_node: Mapping[str, Any], *, k: int, features: str = PIXELS,
                     features_kwargs: Optional[Mapping[str, Any]] = None, metric: str = "euclidean",
-                    iters: int = 100, seed: int = 0, store: str | Path) -> Clustering:
-    """Cluster ``dataset`` (built from ``data_node``) into ``k`` groups, reusing a cached result by hash."""
+                    iters: int = 100, seed: int = 0, store: str | Path, fine_k: Optional[int] = None) -> Clustering:
+    """Cluster ``dataset`` (built from ``data_node``) into ``k`` groups (hierarchically through ``fine_k``
+    fine groups when set), reusing a cached result by hash."""
     if k > len(dataset):
         raise ConfigError(f"method.k={k} exceeds the {len(dataset)} items of the data", hint="lower method.k")
     extractor = build_feature_extractor(features, features_kwargs)
     fid = extractor_identity(features, extractor)
-    key = clustering_key(data_node, fid, features_kwargs or {}, k=k, metric=metric, iters=iters, seed=seed)
+    key = clustering_key(data_node, fid, features_kwargs or {}, k=k, metric=metric, iters=iters, seed=seed, fine_k=fine_k)
     with dist.main_first() as main:   # rank 0 clusters and writes; the other ranks read its result
         cached = load_clustering(store, key)
         if cached is not None or not main:
             return cached
-        ids, centroids = kmeans(features_of(dataset, extractor), k, seed=seed, iters=iters, metric=metric)
+        x = features_of(dataset, extractor)
+        if fine_k is None:
+            ids, centroids = kmeans(x, k, seed=seed, iters=iters, metric=metric)
+        else:
+            if fine_k > len(dataset):
+                raise ConfigError(f"method.fine_k={fine_k} exceeds the {len(dataset)} items of the data",
+                                  hint="lower method.fine_k or set it to null for flat k-means")
+            ids, centroids = hierarchical_kmeans(x, k, int(fine_k), seed=seed, iters=iters, metric=metric)
         prov = {"version": PARTITION_VERSION, "data": dict(data_node), "features": fid,
                 "features_kwargs": dict(features_kwargs or {}), "k": int(k), "metric": metric, "iters": int(iters),
-                "seed": int(seed), "n": len(dataset)}
+                "seed": int(seed), "n": len(dataset), "fine_k": None if fine_k is None else int(fine_k)}
         c = Clustering(key, ids.numpy(), centroids.numpy(), prov)
         save_clustering(store, c)
         return c
