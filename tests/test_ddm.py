@@ -423,6 +423,27 @@ def test_switch_hands_over_at_the_native_threshold(tmp_path, float64, low_noise)
     assert field.calls.tolist() == [int(ddpm_side.sum()), int((~ddpm_side).sum())]
 
 
+def test_trajectory_threshold_is_the_mirrored_native_point(tmp_path, float64):
+    """Sec. 7.3's tau (fraction of the trajectory before the switch) = native 1 - tau: Fig. 13's tau = 0.3 hands
+    over where Fig. 4's tau = 0.7 does, and a lower trajectory tau gives the second expert more of the path."""
+    from harness.objectives import build_objective
+
+    parts = {"ddpm": (ExactEps(), None), "fm": (ZeroVelocity(), build_objective({"name": "flow_matching"}))}
+    g = torch.Generator().manual_seed(3)
+    x, t = 1.5 * torch.randn(400, 3, generator=g), 0.02 + 0.96 * torch.rand(400, generator=g)
+    answers = {}
+    for conv, tau in (("trajectory", 0.3), ("native", 0.7), ("trajectory", 0.6)):
+        m = switch_method(tmp_path, f"method.threshold={tau}", f"method.threshold_convention={conv}")
+        field = m.assemble(parts)
+        answers[conv, tau] = (field(x, t), field.calls.tolist())
+        assert m.describe()["native_threshold"] == pytest.approx(1 - tau if conv == "trajectory" else tau)
+    assert torch.equal(answers["trajectory", 0.3][0], answers["native", 0.7][0])
+    second_expert = {tau: answers["trajectory", tau][1][0] for tau in (0.3, 0.6)}    # DDPM = low noise = second
+    assert second_expert[0.3] > second_expert[0.6] > 0
+    with pytest.raises(ConfigError, match="method.threshold_convention must be native or trajectory"):
+        switch_method(tmp_path, "method.threshold_convention=seed")
+
+
 def test_switch_rows_share_units_and_sampling_keys_retrain_nothing(tmp_path):
     mono = method_for(switch_cfg(tmp_path, "method=monolithic")).units()["model"].hash
     fm_only = switch_method(tmp_path, "method.use=fm").units()
@@ -471,6 +492,11 @@ def test_switch_runs_end_to_end_and_a_threshold_change_only_resamples(tmp_path, 
     assert first["units_trained"] == 2 and math.isfinite(first["metrics"]["fd_raw_200"])
     again = run_experiment(switch_cfg(tmp_path, *extra, "method.threshold=0.2", "method.low_noise=fm"))
     assert again["units_trained"] == 0 and again["units_reused"] == 2
+    # Tab. 3's "Native DDPM" row: the same DDPM unit under the ancestral sampler, nothing retrained
+    native = run_experiment(switch_cfg(tmp_path, *extra, "method.use=ddpm", "sampler=ddpm", "sampler.steps=8"))
+    assert native["units_trained"] == 0 and math.isfinite(native["metrics"]["fd_raw_200"])
+    with pytest.raises(ConfigError, match="sampler=ddpm needs an eps-prediction network"):
+        switch_cfg(tmp_path, *extra, "sampler=ddpm")                      # the combined field answers velocity
 
 
 def test_eq31_damps_only_cosine_schedule_experts(float64):

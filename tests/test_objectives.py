@@ -150,3 +150,69 @@ def test_unknown_schedule_and_objective_key_are_config_errors():
         make_schedule("sigmoid")
     with pytest.raises(ConfigError, match="objective.shedule"):
         build_objective({"name": "ddpm", "shedule": "cosine"})
+
+
+# ---------------------------------------------------------------- flow matching on the cosine schedule (seed 003 Sec. 3.3)
+def exact_cosine_velocity(x_tau, t):
+    """The exact cosine-path velocity dx/dt of Gaussian data, E[-(alpha' x1 + sigma' eps) | x_tau], tau = 1 - t."""
+    sched = Cosine()
+    alpha, sigma = sched.alpha_sigma(1 - t)
+    d_alpha, d_sigma = sched.derivatives(1 - t)
+    x1, eps = vp_posteriors(x_tau, alpha, sigma, MU, S)
+    return -(d_alpha[:, None] * x1 + d_sigma[:, None] * eps)
+
+
+def test_cosine_fm_target_is_the_time_derivative_of_its_path():
+    """The regression target is d x_tau / dt along each sample's path (sign and time direction included)."""
+    obj = build_objective({"name": "flow_matching", "path": "cosine"})
+    g = torch.Generator().manual_seed(1)
+    x1, noise, t = torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g), 0.05 + 0.9 * torch.rand(64, generator=g)
+    x_t, target = obj._cosine_target(x1, noise, t)
+    h = 1e-6
+    ahead, _ = obj._cosine_target(x1, noise, t + h)
+    assert torch.allclose(target, (ahead - x_t) / h, atol=1e-5)
+    # a network answering the target exactly has zero loss; the linear-path target does not
+    exact = lambda x, tt, y: target                                       # noqa: E731
+    assert float(obj.loss(exact, x1, noise, t, None).max()) < 1e-20
+    assert float(build_objective({"name": "flow_matching"}).loss(exact, x1, noise, t, None).mean()) > 1e-2
+
+
+def test_cosine_fm_snr_aligned_answer_is_the_exact_linear_velocity():
+    x, t = points()
+    obj = build_objective({"name": "flow_matching", "path": "cosine"})
+    v = obj.velocity(lambda xx, tt, y: exact_cosine_velocity(xx, tt), x, t, None)
+    assert torch.allclose(v, linear_velocity(x, t, MU, S), atol=1e-9, rtol=1e-9)
+
+
+def test_cosine_fm_native_answer_follows_the_cosine_marginals():
+    """Integrating the native field from z ~ N(0, I) at t = 0 transports z along the cosine marginals:
+    x_t = alpha mu + sqrt(alpha^2 s^2 + sigma^2) z (Gaussian data), unlike the linear path's
+    x_t = t mu + sqrt(t^2 s^2 + (1 - t)^2) z; both end at mu + s z."""
+    native = build_objective({"name": "flow_matching", "path": "cosine", "conversion": "native"})
+    linear = build_objective({"name": "flow_matching", "path": "cosine"})
+    z = torch.linspace(-2, 2, 9)[:, None]
+    steps = 4000
+    for obj, marginal in ((native, lambda t: (math.cos(math.pi * (1 - t) / 2), math.sin(math.pi * (1 - t) / 2))),
+                          (linear, lambda t: (t, 1 - t))):
+        x = z.clone()
+        for i in range(steps // 2):                                       # midpoint rule to t = 0.5
+            t0 = torch.full((9,), i / steps)
+            v = lambda xx, tt: obj.velocity(lambda a, b, y: exact_cosine_velocity(a, b), xx, tt, None)  # noqa: E731
+            x = x + (1 / steps) * v(x + 0.5 / steps * v(x, t0), t0 + 0.5 / steps)
+        a, s = marginal(0.5)
+        assert torch.allclose(x, a * MU + math.sqrt(a**2 * S**2 + s**2) * z, atol=1e-6)
+
+
+def test_cosine_fm_conversion_is_not_hashed_but_the_path_is():
+    from harness.train.units import UnitSpec
+
+    def unit(**obj):
+        return UnitSpec("x", {"name": "gaussian_mixture"}, {"name": "mlp"}, dict({"name": "flow_matching"}, **obj),
+                        {"steps": 10, "seed": 0})
+    assert unit(path="cosine").hash == unit(path="cosine", conversion="native").hash
+    assert unit(path="cosine").hash != unit().hash
+    assert unit(path="linear").hash == unit().hash            # units trained before the key existed keep their hash
+    with pytest.raises(ConfigError, match="objective.path: 'sigmoid' is not one of linear, cosine"):
+        build_objective({"name": "flow_matching", "path": "sigmoid"})
+    with pytest.raises(ConfigError, match="objective.conversion=native needs objective.path=cosine"):
+        build_objective({"name": "flow_matching", "conversion": "native"})

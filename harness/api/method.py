@@ -55,6 +55,13 @@ class Method:
         """Method-specific facts for the record (e.g. boundaries)."""
         return {}
 
+    @classmethod
+    def sampled_objective(cls, cfg) -> Mapping[str, Any]:
+        """The objective node of the network(s) the sampler walks, for samplers that need a native
+        parameterisation (``sampler=ddpm`` needs eps).  The run's ``objective`` unless a method samples
+        another unit (objective_switch's ``use: ddpm``)."""
+        return cfg["objective"]
+
 
 def net_field(part: tuple[torch.nn.Module, Any]) -> Net:
     """A (model, objective) part as a one-network velocity field."""

@@ -77,6 +77,10 @@ class Objective:
     parameterisation than velocity, :attr:`parameterisation` and :meth:`predict`)."""
 
     parameterisation: Parameterisation = VELOCITY
+    # objective keys that change only how a trained network answers, never its weights: left out of the unit hash
+    UNHASHED_KEYS: tuple[str, ...] = ()
+    # keys hashed only when they differ from this default, so a key added later keeps the old units' hashes
+    HASHED_UNLESS_DEFAULT: Mapping[str, Any] = {}
 
     def __init__(self, time_sampler: str = "uniform", time_sampler_kwargs: Optional[Mapping[str, Any]] = None) -> None:
         self.time_sampler = get("time_sampler", time_sampler)(**dict(time_sampler_kwargs or {}))

@@ -63,10 +63,12 @@ class DDPMAncestral:
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        """The configured objective must answer eps (a velocity-trained network has no DDPM to walk)."""
+        """The sampled objective must answer eps (a velocity-trained network has no DDPM to walk)."""
+        from harness.core.registry import registry
         from harness.objectives import build_objective
 
-        node = cfg["objective"]
+        method = registry("method").get(cfg["method"]["name"])
+        node = dict(method.sampled_objective(cfg))
         param = build_objective(node).parameterisation
         if param.kind != "eps":
             raise ConfigError(f"sampler=ddpm needs an eps-prediction network, but objective={node['name']} answers "

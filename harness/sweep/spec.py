@@ -43,7 +43,7 @@ from harness.config import hydra_value
 from harness.core.errors import ConfigError
 from harness.core.registry import suggest
 from harness.sweep.report_spec import check_report
-from harness.train.units import NON_WEIGHT_BACKBONE_KEYS, NON_WEIGHT_TRAIN_KEYS
+from harness.train.units import NON_WEIGHT_BACKBONE_KEYS, NON_WEIGHT_TRAIN_KEYS, objective_identity
 from harness.core.hashing import content_hash
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "list", "derive", "optuna", "metric", "plot", "report")
@@ -151,6 +151,8 @@ def result_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         out["backbone"] = {k: v for k, v in out["backbone"].items() if k not in NON_WEIGHT_BACKBONE_KEYS}
     if "eval" in out:
         out["eval"] = {k: v for k, v in out["eval"].items() if k != "device"}   # where scoring runs, not its result
+    if "objective" in out:
+        out["objective"] = objective_identity(out["objective"], sampling_keys=True)   # a default added later: same id
     return out
 
 

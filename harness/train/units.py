@@ -72,7 +72,7 @@ class UnitSpec:
         data = {k: v for k, v in self.data.items() if k not in NON_WEIGHT_DATA_KEYS
                 and not (k == "hflip" and not v)}   # hflip=false trains what no hflip key trains
         return {"hash_version": HASH_VERSION, "config_version": CONFIG_VERSION, "data": data,
-                "backbone": backbone, "objective": self.objective, "train": train,
+                "backbone": backbone, "objective": objective_identity(self.objective), "train": train,
                 "interval": [float(self.interval[0]), float(self.interval[1])]}
 
     @property
@@ -84,6 +84,22 @@ class UnitSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.identity(), label=self.label, hash=self.hash)
+
+
+def objective_identity(node: Mapping[str, Any], *, sampling_keys: bool = False) -> dict[str, Any]:
+    """The objective node as hashed: the objective class's ``UNHASHED_KEYS`` (sampling-time answers) dropped,
+    and its ``HASHED_UNLESS_DEFAULT`` keys dropped where they hold their default (units trained before the
+    key existed keep their hashes).  ``sampling_keys=True`` keeps the ``UNHASHED_KEYS`` (a cell's result
+    depends on them)."""
+    from harness.core.registry import get
+
+    try:
+        cls = get("objective", node.get("name"))
+    except Exception:   # noqa: BLE001 - an unknown objective is reported by validation; hash it whole
+        return dict(node)
+    unhashed = () if sampling_keys else getattr(cls, "UNHASHED_KEYS", ())
+    defaults = getattr(cls, "HASHED_UNLESS_DEFAULT", {})
+    return {k: v for k, v in node.items() if k not in unhashed and not (k in defaults and v == defaults[k])}
 
 
 def backbone_identity(node: Mapping[str, Any]) -> dict[str, Any]:
