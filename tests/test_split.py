@@ -91,6 +91,21 @@ def test_harness_split_exact_is_deterministic_and_plots(tmp_path):
     assert c["boundaries"] != a["boundaries"]  # mixture parameters by override change the boundaries
 
 
+def test_cumulative_panel_crosses_the_equal_burden_levels_at_the_boundaries(tmp_path):
+    """Seed 000 Fig. 2's panel: the plotted cumulative curve ends at 1 and reaches i / N at the i-th boundary."""
+    from harness.pipeline.split import split_figure
+
+    a = _split(tmp_path, "split.field=exact", "split.n=3")
+    fig = split_figure(a)
+    line = fig.axes[1].get_lines()[0]
+    t, c = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    assert c[0] == 0.0 and c[-1] == pytest.approx(1.0) and bool((np.diff(c) >= 0).all())
+    spacing = float(np.diff(t).max())
+    for i, b in enumerate(a["boundaries"], start=1):
+        crossing = float(np.interp(i / 3, c, t))
+        assert abs(crossing - b) <= spacing, (i, crossing, b)
+
+
 def test_harness_split_with_aux_model_reuses_its_unit(tmp_path):
     a = _split(tmp_path, "split.aux_steps=60", "split.trajectories=64", "train.batch_size=128")
     b = _split(tmp_path, "split.aux_steps=60", "split.trajectories=64", "train.batch_size=128")

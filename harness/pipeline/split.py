@@ -108,22 +108,45 @@ def split_of_field(cfg: Mapping[str, Any], field, num_classes: int, aux_hash: Op
             "field": s["field"], "aux_unit": aux_hash}
 
 
-def plot_split(result: Mapping[str, Any], path: Path) -> Path:
-    """PNG of the monitor curve with the boundaries marked."""
-    from harness.core.figures import pyplot, save_png
+def split_figure(result: Mapping[str, Any]):
+    """Two panels: the monitor m(t) with the boundaries, and seed 000 Fig. 2's cumulative monitor
+    (normalised to 1 at t = 1) with the equal-burden levels i / N whose crossings are the boundaries (Eq. 16)."""
+    from harness.core.figures import pyplot
 
     plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.plot(result["grid"], result["curve"], lw=1.5, label=f"m(t): {result['monitor']}")
-    for i, b in enumerate(result["boundaries"]):
-        ax.axvline(b, color="C3", ls="--", lw=1, label="boundaries" if i == 0 else None)
+    grid = np.asarray(result["grid"], dtype=float)
+    cum = np.asarray(result.get("cumulative") or np.cumsum(result["curve"]), dtype=float)
+    cum = cum / cum[-1] if cum[-1] > 0 else cum
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=120)
+    ax.plot(grid, result["curve"], lw=1.5, label=f"m(t): {result['monitor']}")
+    ax2.plot(np.concatenate([[0.0], grid]), np.concatenate([[0.0], cum]), lw=1.5, color="C0",
+             label="cumulative monitor / total")
+    n = int(result["n"])
+    for i in range(1, n):
+        ax2.axhline(i / n, color="0.6", ls=":", lw=1, label="equal burden i / N" if i == 1 else None)
+    for a in (ax, ax2):
+        for i, b in enumerate(result["boundaries"]):
+            a.axvline(b, color="C3", ls="--", lw=1, label="boundaries" if i == 0 else None)
+    for b in result["boundaries"]:
         ax.text(b, ax.get_ylim()[1], f" {b:.3f}", color="C3", va="top", fontsize=8)
     ax.set_xlabel("t (0 = noise, 1 = data)")
     ax.set_ylabel("monitor")
-    ax.set_title(f"N = {result['n']}, field = {result['field']}")
+    ax.set_title(f"N = {n}, field = {result['field']}")
     ax.legend(fontsize=8, loc="upper left")
-    return save_png(fig, path)
+    ax2.set_xlabel("t (0 = noise, 1 = data)")
+    ax2.set_ylabel("cumulative (normalised)")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_title("cumulative burden (seed 000 Fig. 2)")
+    ax2.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_split(result: Mapping[str, Any], path: Path) -> Path:
+    """PNG of :func:`split_figure`."""
+    from harness.core.figures import save_png
+
+    return save_png(split_figure(result), path)
 
 
 # split keys that change the result; the field is named by the aux unit's hash (unit hash rules:

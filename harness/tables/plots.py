@@ -3,7 +3,7 @@
 The standard figures read the runs DataFrame of :mod:`harness.tables.runs`: quality vs N (naive vs CBS,
 seed 000 Tab. 4), quality vs boundary perturbation (seed 000 Tab. 5), quality vs GFLOPs per NFE (the
 guidance Pareto front, seed 004 Tab. 2).  The y-axis is labelled with the metric's own protocol
-(FID only for Inception-V3 features).  The monitor curve is ``harness.pipeline.split.plot_split`` and the
+(FID only for Inception-V3 features).  The monitor curve (and its cumulative, Fig. 2) is ``harness.pipeline.split.plot_split`` and the
 sample grid ``harness.evaluate.pipeline.sample_grid``; both are logged by the runs that make them.
 """
 from __future__ import annotations
