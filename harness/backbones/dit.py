@@ -61,6 +61,7 @@ from torch.nn import functional as F
 
 from harness.backbones.conditioning import (CONDITIONINGS, CaptionEmbedder, CrossAttention, GlobalModulation,
                                             SingleFinalLayer, per_block_embedding)
+from harness.backbones.block_drop import dropped_blocks
 from harness.backbones.ffn import aux_loss, build_ffn
 from harness.backbones.token_selection import DecoderSpec, build_token_selector
 from harness.core.errors import ConfigError
@@ -242,6 +243,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 # ---------------------------------------------------------------- the backbone
 @register("backbone", "dit")
 class DiT(nn.Module):
+    supports_block_drop = True      # reads harness.backbones.block_drop (S^2-Guidance's sub-network)
     """Diffusion Transformer with adaLN-Zero (DiT); sizes S/B/L/XL live in ``conf/backbone``.
 
     ``bottleneck_dim`` (JiT) factors the patch embedding into p*p*C -> bottleneck -> D.
@@ -458,14 +460,16 @@ class DiT(nn.Module):
         total_aux = torch.zeros((), device=h.device, dtype=h.dtype)
         start, end = self.select_blocks
         h_full, state = h, None
+        skipped = dropped_blocks(len(self.blocks))                        # S^2-Guidance's sub-network, else empty
         for i, block in enumerate(self.blocks):
             if self.token_selector is not None and i == start:
                 h_full = h
                 h, state = self.token_selector.select(h, generator, gamma=gamma)   # (B, S', D)
                 ctx["token_state"] = state
             ctx["block"] = i
-            h, aux = self.run_block(block, h, c_blocks, ctx)
-            total_aux = total_aux + aux_loss(aux, total_aux)
+            if i not in skipped:
+                h, aux = self.run_block(block, h, c_blocks, ctx)
+                total_aux = total_aux + aux_loss(aux, total_aux)
             if self.token_selector is not None and i == end - 1:
                 if self.mask_decoder is not None:
                     h = self.mask_decoder.embed(h, c)                      # (B, S', D_dec), kept tokens only

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from harness.backbones.block_drop import block_drop
 from harness.backbones.token_selection import sparsity
 from harness.core.errors import ConfigError
 from harness.core.hashing import derived_seed
@@ -52,12 +53,15 @@ class Branch:
     label: str = "cond"                 # cond | null | random (see LABELS)
     gamma: Optional[float] = None       # per-call token sparsity; None = the backbone's eval default
     stream: int = 0                     # mask/label random stream; equal streams draw equal masks
+    drop: Optional[float] = None        # fraction of blocks skipped per call (S^2-Guidance's sub-network); None = all run
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
             raise ValueError(f"branch label must be one of {LABELS}, got {self.label!r}")
         if self.gamma is not None and not 0.0 <= float(self.gamma) < 1.0:
             raise ValueError(f"branch gamma must be in [0, 1), got {self.gamma}")
+        if self.drop is not None and not 0.0 < float(self.drop) < 1.0:
+            raise ValueError(f"branch drop must be in (0, 1), got {self.drop}")
 
 
 def stream_generator(seed: int, call: int, stream: int) -> torch.Generator:
@@ -118,7 +122,7 @@ class Guided(Field):
                 y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             else:
                 y = torch.randint(self.num_classes, (x.shape[0],), generator=gen).to(x.device)
-        with sparsity(b.gamma, gen):
+        with sparsity(b.gamma, gen), block_drop(b.drop, gen):
             return b.field.predict(x, t, y) if native else b.field(x, t, y)
 
     def pools_halves(self, x: torch.Tensor, t: torch.Tensor) -> bool:
