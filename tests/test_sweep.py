@@ -263,6 +263,9 @@ def test_optuna_search_runs_trials_as_child_runs_and_ranks_the_reference(workdir
     assert main(["sweep", str(path), "--launcher", "debug"]) == 0        # through the CLI, as users run it
     lines = capsys.readouterr().out.splitlines()
     assert "search s: 2 complete" in lines
+    for n in (0, 1):                                                     # the search's event lines (not a terminal)
+        assert any(line.startswith(f"trial #{n} started: method.boundaries[0]=") for line in lines)
+        assert any(re.match(rf"trial #{n} complete: \S+ \(best #[01]: \S+\); ", line) for line in lines)
     assert any(re.fullmatch(r"reference \(base config\) fd_raw_100 = \S+: [0-2] of 2 completed trials score better", line)
                for line in lines)
     trials = _study(load_sweep(path)).get_trials()

@@ -99,8 +99,10 @@ class Launcher:
             watch: Watch = no_watch) -> Outcome:
         raise NotImplementedError
 
-    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
-        """Run ``fn(*args)`` in ``workers`` jobs and wait for them (Optuna search workers)."""
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str,
+                       watch: Callable[[], None] = lambda: None) -> Outcome:
+        """Run ``fn(*args)`` in ``workers`` jobs and wait for them (Optuna search workers), calling ``watch()``
+        between polls (the search's progress view, :mod:`harness.sweep.search_progress`)."""
         raise NotImplementedError
 
 

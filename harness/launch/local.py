@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from harness.core.processes import descendants
 from harness.core.registry import register
@@ -52,8 +52,9 @@ class DebugLauncher(Launcher):
             watch(st.name, len(st.tasks), len(st.tasks))
         return out
 
-    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
-        fn(*args)   # one worker, in this process
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str,
+                       watch: Callable[[], None] = lambda: None) -> Outcome:
+        fn(*args)   # one worker, in this process (the view reports its trials when it returns)
         return Outcome()
 
 
@@ -126,10 +127,12 @@ class LocalLauncher(Launcher):
                     break
         return out
 
-    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str,
+                       watch: Callable[[], None] = lambda: None) -> Outcome:
         with Jobs(self.executor(folder)) as jobs:
             started = [jobs.submit(fn, args) for _ in range(workers)]
             while not jobs.stopping and not all(j.done() for j in started):
+                watch()
                 time.sleep(self.poll_s)
         return collect(Outcome(jobs={"search": [j.job_id for j in started]}), started)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from harness.core.errors import ConfigError
 from harness.core.registry import register, suggest
@@ -196,11 +196,15 @@ class SlurmLauncher(Launcher):
                       sum(1 for t, _ in pending if t.stage == st.name), len(st.tasks))
         return out
 
-    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str) -> Outcome:
+    def submit_workers(self, fn: TaskFn, args: Sequence[Any], workers: int, folder: Path, job_name: str,
+                       watch: Callable[[], None] = lambda: None) -> Outcome:
         import submitit
 
         ex = submitit.SlurmExecutor(folder=str(folder / "submitit" / "%j"))
         ex.update_parameters(**sbatch_parameters(self.profile, job_name=job_name, dependency=None,
                                                  array_parallelism=workers))
         jobs = [ex.submit(fn, *args) for _ in range(workers)]
+        while not all(j.done() for j in jobs):
+            watch()
+            time.sleep(self.poll_s)
         return collect(Outcome(jobs={"search": [j.job_id for j in jobs]}), jobs)

@@ -18,6 +18,7 @@ from harness.core.errors import ConfigError
 from harness.core.registry import get
 from harness.sweep import state
 from harness.sweep.load import load_sweep, sweep_run
+from harness.sweep.search_progress import SearchProgress
 from harness.sweep.search_spec import STICK, search_options, open_storage, ordered_values, storage_url
 from harness.sweep.spec import make_cell
 from harness.sweep.summary import pick_metric
@@ -139,7 +140,10 @@ def run_search(sweep, launch, *, dry_run: bool = False, echo: Callable[..., Any]
         ref = make_cell(sweep.spec, {})
         run_cell_inline(sweep.dir, ref, run_id, sweep.spec.name, tags={"harness.optuna_reference": "true"})
     args = (str(Path(sweep.spec.path).resolve()), str(sweep.dir), run_id)
-    outcome = launch.submit_workers(search_worker, args, int(node["workers"]), sweep.dir, f"{sweep.spec.name}-search")
+    with SearchProgress(study(sweep.spec, sweep.base_cfg), int(node["n_trials"]), direction=node["direction"],
+                        echo=echo) as view:
+        outcome = launch.submit_workers(search_worker, args, int(node["workers"]), sweep.dir,
+                                        f"{sweep.spec.name}-search", watch=view.watch)
     report = search_report(sweep, echo=echo)
     return {"sweep": sweep, "stages": [], "before": {}, "outcome": outcome, "summary": report}
 
