@@ -149,8 +149,11 @@ class DDM(Method):
         if self.clustering is None and not self._stand_in_clustering:
             raise RuntimeError("DDM units before prepare(): the experts' data come from the clustering")
         clustering = "(not yet clustered)" if self.clustering is None else self.clustering.hash
-        return {"name": "cluster_subset", "base": dict(self.cfg["data"]), "clustering": clustering,
+        node = {"name": "cluster_subset", "base": dict(self.cfg["data"]), "clustering": clustering,
                 "store": self.store(), "cluster": cluster, "labels": labels}
+        if labels == "cluster":
+            node["k"] = self.k            # the router's classes, known before clustering (harness describe)
+        return node
 
     def expert_objective(self, i: int) -> dict[str, Any]:
         """Objective node expert ``i`` trains with (homogeneous: the run's objective)."""

@@ -511,3 +511,19 @@ def test_eq31_damps_only_cosine_schedule_experts(float64):
                     for d in ("eq31", "none")}
         factor = damping_eq31(1 - t)[:, None] if damped else torch.ones_like(t)[:, None]
         assert torch.allclose(velocity["eq31"], factor * velocity["none"], atol=1e-12), schedule
+
+
+def test_describe_counts_the_router_with_its_cluster_classes(tmp_path):
+    """harness describe before clustering: the router's class count is method.k (its data node says so)."""
+    from harness.backbones.build import build_backbone
+    from harness.pipeline.describe import describe_experiment
+
+    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
+    try:
+        cfg = load(["experiment=ddm_fmnist_mini", "method.k=5"])
+    finally:
+        os.environ.pop("HARNESS_WORKDIR")
+    rows = describe_experiment(cfg)["units"]
+    router = build_backbone(cfg["method"]["router_backbone"], (1, 28, 28), 5)
+    assert rows["router"]["params"] == sum(p.numel() for p in router.parameters())
+    assert sorted(rows) == ["expert0", "expert1", "expert2", "expert3", "expert4", "router"]

@@ -45,11 +45,13 @@ def _relabel(ds: ArrayDataset, labels: torch.Tensor, num_classes: int, tag: dict
 
 @register("dataset", "cluster_subset")
 def cluster_subset(*, base: dict, clustering: str, store: str, cluster: Optional[int] = None,
-                   labels: str = "none") -> ArrayDataset:
+                   labels: str = "none", k: Optional[int] = None) -> ArrayDataset:
     """Items of cluster ``cluster`` of clustering ``clustering`` (all items if null).
 
     ``labels``: ``none`` (unconditional expert), ``cluster`` (cluster ids as classes: the
-    router's targets), ``base`` (keep the base data's labels).
+    router's targets), ``base`` (keep the base data's labels).  ``k``: the number of clusters as the
+    method configured it (the router's node carries it, so its class count is known before clustering:
+    ``harness describe``); checked against the clustering.
     """
     from harness.clusters.partition import load_clustering
 
@@ -63,6 +65,9 @@ def cluster_subset(*, base: dict, clustering: str, store: str, cluster: Optional
     if len(c.ids) != len(ds):
         raise DataError(f"clustering {clustering} labels {len(c.ids)} items but the data has {len(ds)}",
                         hint="the base data changed; delete the clustering cache and re-run")
+    if k is not None and int(k) != c.k:
+        raise DataError(f"clustering {clustering} has {c.k} clusters but the data node says k={k}",
+                        hint="the method's k changed: its clustering hash should have too; delete the cache and re-run")
     ids = torch.from_numpy(c.ids)
     if cluster is not None:
         if not 0 <= int(cluster) < c.k:

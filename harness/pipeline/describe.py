@@ -36,8 +36,11 @@ def describe_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     guidance = build_guidance(cfg)
     imported = []
     for role, spec in experiment_units(cfg, counted).items():
-        build = lambda spec=spec: build_backbone(spec.backbone, shape, classes)  # noqa: E731
-        stats = describe(build, shape)
+        unit_shape, unit_classes = shape, classes
+        if spec.data != cfg["data"]:                      # a unit on derived data (a DDM router's cluster labels)
+            unit_shape, unit_classes, _ = data_shape(spec.data)
+        build = lambda spec=spec, s=unit_shape, k=unit_classes: build_backbone(spec.backbone, s, k)  # noqa: E731
+        stats = describe(build, unit_shape)
         rows[role] = {"hash": spec.hash, "interval": list(spec.interval), "steps": spec.train["steps"], **stats}
         if spec.backbone.get("init_from") is not None:  # released weights: checked against the config from shapes
             with torch.device("meta"):
