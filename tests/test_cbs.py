@@ -79,3 +79,18 @@ def test_full_scale_cbs_setups_validate_and_count_without_data(tmp_path, name, r
         assert cfg["split"]["aux_backbone"]["hidden_size"] == 384 and cfg["split"]["aux_steps"] == 50000
     if name.endswith("_cfg"):
         assert cfg["guidance"]["name"] == "cfg" and info.get("guidance")
+
+
+def test_harness_eval_never_trains_cbs_aux_model(tmp_path):
+    """``harness eval`` scores trained units only: CBS's prepare step would train the aux model, and is refused
+    in one line with nothing trained (no checkpoint of the aux unit is written)."""
+    from harness.core.errors import ConfigError
+    from harness.pipeline.experiment import evaluate_experiment
+    from harness.pipeline.split import aux_unit
+
+    cfg = cfg_for(tmp_path, "method=cbs", "method.n=2", "split.field=aux", "split.aux_steps=20")
+    with pytest.raises(ConfigError, match=r"harness eval scores trained units, and unit .* is not trained in"):
+        evaluate_experiment(cfg)
+    assert not list(aux_unit(cfg).directory(cfg["paths"]["workdir"]).glob("ckpt_*"))
+    run_experiment(cfg)                                               # trained by harness run ...
+    assert evaluate_experiment(cfg)["units_trained"] == 0             # ... then scored without training

@@ -87,13 +87,17 @@ def evaluate_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     seed's number), but nothing is trained here: a unit that would need training is a one-line error.
     """
     from harness.core.errors import ConfigError
+    from harness.train.loop import no_training
     from harness.train.units import done_record
 
+    why = "harness eval scores trained units"
     workdir = Path(cfg["paths"]["workdir"])
-    method = method_for(cfg, datasets=DatasetCache())
-    untrained = [f"{role} ({spec.hash})" for role, spec in experiment_units(cfg, method).items()
-                 if int(spec.train.get("steps", 1)) > 0 and done_record(spec.directory(workdir)) is None]
-    if untrained:
-        raise ConfigError(f"harness eval scores trained units, and {', '.join(untrained)} is not trained in {workdir}",
-                          hint="train it first with harness run (same overrides), or score a sample npz with --samples")
-    return run_experiment(cfg, tags={"harness.entry": "eval"})
+    method = method_for(cfg, prepare=False)      # no prepare step here: it could train (CBS's aux model)
+    if not method.needs_prepare():               # the whole list, before a run is opened
+        untrained = [f"{role} ({spec.hash})" for role, spec in experiment_units(cfg, method).items()
+                     if int(spec.train.get("steps", 1)) > 0 and done_record(spec.directory(workdir)) is None]
+        if untrained:
+            raise ConfigError(f"{why}, and {', '.join(untrained)} is not trained in {workdir}",
+                              hint="train it first with harness run (same overrides), or score a sample npz with --samples")
+    with no_training(why):                       # and whatever a prepare step or a guidance unit would train
+        return run_experiment(cfg, tags={"harness.entry": "eval"})

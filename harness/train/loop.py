@@ -16,9 +16,10 @@ the next step boundary before the job requeues (:mod:`harness.train.preemption`)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -26,7 +27,7 @@ from harness.backbones.build import build_backbone
 from harness.backbones.dit_import import import_official
 from harness.backbones.dit_transfer import transfer_ddpm
 from harness.core import dist
-from harness.core.errors import CheckpointError, HarnessError
+from harness.core.errors import CheckpointError, ConfigError, HarnessError
 from harness.core.files import sha256_file, write_json_atomic
 from harness.core.hashing import derived_seed
 from harness.core.versions import CONFIG_VERSION
@@ -79,6 +80,21 @@ def _oom_error(step: int, per_rank: int, batch_gpu: Optional[int]) -> HarnessErr
                              "and/or backbone.checkpointing=true (recompute activations in the backward pass)")
 
 
+_NO_TRAINING: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("no_training", default=None)
+
+
+@contextlib.contextmanager
+def no_training(why: str) -> Iterator[None]:
+    """Inside the block a unit that would need training steps is a one-line ConfigError (``why`` says who
+    forbids it: ``harness eval`` scores trained units only), whichever code path asks for it (a method's
+    prepare step training an aux model included).  Imported models (``train.steps: 0``) still load."""
+    token = _NO_TRAINING.set(why)
+    try:
+        yield
+    finally:
+        _NO_TRAINING.reset(token)
+
+
 def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run_id: Optional[str] = None,
                progress: bool = True, stop_after: Optional[int] = None, position: str = "") -> dict[str, Any]:
     """Train one unit to ``spec.train['steps']``, resuming from its latest good checkpoint.
@@ -99,6 +115,9 @@ def train_unit(spec: UnitSpec, *, workdir: Path, dataset=None, tracker=None, run
     record = done_record(unit_dir)
     if record is not None:
         return record
+    if _NO_TRAINING.get() is not None and int(spec.train.get("steps", 1)) > 0:
+        raise ConfigError(f"{_NO_TRAINING.get()}, and unit {spec.label} ({spec.hash}) is not trained in {workdir}",
+                          hint="train it first with harness run (same overrides), or score a sample npz with --samples")
     tc = spec.train
     rank, world = dist.rank(), dist.world()
     device = dist.resolve_device(tc.get("device", "auto"))
