@@ -17,12 +17,16 @@ SEED_KEY = "train.seed"          # cells that differ only in it are one setting:
 COST_KEY = "gflops_per_image"    # of the result record's cost (torch's count, 2 FLOPs per multiply-add)
 
 
-def pick_metric(wanted: Optional[str], metrics: Mapping[str, float]) -> Optional[str]:
-    """The metric to show: an exact name, else the first name starting with ``wanted`` (default "fd")."""
+def pick_metric(wanted: Optional[str], metrics: Mapping[str, float], *, count_suffix: bool = False) -> Optional[str]:
+    """The one rule that turns a configured metric into a logged name: an exact name, else the first (sorted)
+    name ``wanted_...`` (default "fd": ``fd`` finds ``fd_cnn_fashion_mnist_5000``).  ``count_suffix``: only
+    ``wanted_<n>``, the sample count that is part of every sample-based name (a report's metric is named up
+    to its count, so ``fd_cnn`` must not pick ``fd_cnn_fashion_mnist_5000``)."""
     if wanted and wanted in metrics:
         return wanted
     prefix = f"{wanted or 'fd'}_"
-    return next((k for k in sorted(metrics) if k.startswith(prefix)), None)
+    return next((k for k in sorted(metrics) if k.startswith(prefix)
+                 and (not count_suffix or k[len(prefix):][:1].isdigit())), None)
 
 
 def cell_rows(sweep) -> list[dict[str, Any]]:

@@ -42,7 +42,7 @@ PROTOCOL_OF = {"fid_adm": "FID (ADM evaluator protocol, Inception-V3 pool_3)", "
 SCALE_KEYS = ("data.name", "backbone.name")
 
 
-def _norm(value: Any) -> str:
+def param_text(value: Any) -> str:
     """Params are stored as str(python value): compare numbers as numbers, bools and None by name."""
     if value is None:
         return "none"
@@ -69,9 +69,9 @@ def match_mask(runs: pd.DataFrame, match: Optional[Mapping[str, Any]]) -> pd.Ser
         col = _column(key)
         have = runs[col] if col in runs else pd.Series(None, index=runs.index, dtype=object)
         if want is None:
-            mask &= have.isna() | have.map(lambda v: _norm(v) in ("none", "null", ""))
+            mask &= have.isna() | have.map(lambda v: param_text(v) in ("none", "null", ""))
         else:
-            mask &= have.notna() & have.map(lambda v: _norm(v) == _norm(want))
+            mask &= have.notna() & have.map(lambda v: param_text(v) == param_text(want))
     return mask
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 def _near_misses(tables, run: pd.DataFrame) -> list[str]:
     """One line per paper row whose method keys the run carries but not its paper scale (what differs)."""
-    from harness.tables.compare import _norm, match_mask
+    from harness.tables.compare import match_mask, param_text
 
     if run.empty:
         return []
@@ -19,7 +19,7 @@ def _near_misses(tables, run: pd.DataFrame) -> list[str]:
                 continue
             seen.add((t.id, e.row))
             differ = [f"{k}={v} (run: {first.get(f'params.{k}', 'unset')})" for k, v in e.paper_scale.items()
-                      if _norm(first.get(f"params.{k}")) != _norm(v)]
+                      if param_text(first.get(f"params.{k}")) != param_text(v)]
             out.append(f"  matches [{t.id}] {t.table} row {e.row!r} (paper {e.metric} {e.value}) but not its paper scale: "
                        + ", ".join(differ))
     return out

@@ -18,17 +18,15 @@ from harness.core.errors import ConfigError
 from harness.core.stats import ci95
 from harness.sweep.results import read_results_file
 from harness.sweep.spec import read_spec
+from harness.sweep.summary import pick_metric
 
 # protocol fields that must agree across every cell of a report (numbers under two protocols never share a table)
 SAME_PROTOCOL = ("extractor", "weights_sha256", "reference_hash", "n_samples", "sampler", "nfe", "protocol_version")
 
 
 def metric_name(metrics: Mapping[str, Any], wanted: str) -> Optional[str]:
-    """An exact metric name, else the first logged name ``wanted_<n>`` (sample counts are part of names)."""
-    if wanted in metrics:
-        return wanted
-    keys = sorted(k for k in metrics if k.startswith(wanted + "_") and k[len(wanted) + 1:][:1].isdigit())
-    return keys[0] if keys else None
+    """An exact metric name, else the first logged name ``wanted_<n>`` (:func:`~harness.sweep.summary.pick_metric`)."""
+    return pick_metric(wanted, metrics, count_suffix=True)
 
 
 def _fmt(x: Optional[float]) -> str:
