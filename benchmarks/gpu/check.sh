@@ -22,7 +22,7 @@ ln -sfn ../methods harness/methods; ln -sfn ../baselines harness/baselines   # i
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())"
 
-echo "== throughput: training (harness vs bare, +-compile), sampling, Inception, FID-10K"
+echo "== throughput: training (harness vs bare, +-compile), sampling, Inception, FID-10K, ADM P/R at 50K and sqrtm"
 timeout 420 python3 benchmarks/gpu/throughput.py --out "$OUT/gpu_figures.md" || echo "throughput: exit $?"
 
 echo "== published samplers (issue 18 item 2): DDPM ancestral and SDE, 250 NFE with CFG, random SiT-XL/2"

@@ -229,6 +229,30 @@ def published_sampler_rows(name: str, backbone: dict, shape: tuple[int, ...], cl
     return rows
 
 
+def adm_rows(n: int, dim: int = 2048) -> list[str]:
+    """The ADM evaluator's costs at FID-50K scale (issue 18): k=3 precision/recall over n x n float16 distance
+    blocks of 10,000 on the GPU, and the Frechet distance's 2048 x 2048 sqrtm (scipy, CPU) on random features."""
+    import numpy as np
+
+    from harness.evaluate.adm_suite import adm_precision_recall
+    from harness.evaluate.metrics import FeatureStats, frechet_distance
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = np.random.default_rng(0)
+    ref, sam = g.standard_normal((n, dim), dtype=np.float32), g.standard_normal((n, dim), dtype=np.float32)
+    t0 = time.perf_counter()
+    adm_precision_recall(ref, sam, device=dev)
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    pr = time.perf_counter() - t0
+    s = FeatureStats.from_features(ref[: max(dim + 1, min(n, 10_000))])
+    t0 = time.perf_counter()
+    frechet_distance(s.mu, s.sigma, s.mu + 0.1, s.sigma)
+    fd = time.perf_counter() - t0
+    return [f"| ADM precision/recall (k=3, fp16 blocks of 10K) on {n} x {n} features, {dev} | {pr:.1f} s |",
+            f"| Frechet distance, {dim} x {dim} sqrtm (scipy, CPU) | {fd:.1f} s |"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -272,6 +296,8 @@ def main() -> None:
     row, feats = inception_row(inc_n, inc_batch)
     lines.append(row)
     lines.append(fid_row(models[0][1], data, n_fid, models[0][2], nfe, feats))
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    lines += adm_rows(512 if args.tiny else 50_000, 64 if args.tiny else 2048)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
