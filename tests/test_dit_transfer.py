@@ -171,3 +171,29 @@ def test_time_map_is_for_flow_matching_experts_and_transfer_needs_a_source(tmp_p
         UnitSpec(backbone={"name": "dit", "init_transfer": "eq20"}, objective={"name": "flow_matching"}, **base)
     with pytest.raises(ConfigError, match="eq20"):
         UnitSpec(backbone={"name": "dit", "init_transfer": "ddpm"}, objective={"name": "flow_matching"}, **base)
+
+
+def test_an_adaln_single_text_expert_takes_the_trunk_and_builds_its_own_conditioning(tmp_path):
+    """Seed 003's experts: DiT with AdaLN-Single and cross-attention, initialised from a class-conditional DDPM
+    DiT by Eq. 20.  Attention and FFN of every block come from the source bitwise; the per-block adaLN MLPs are
+    dropped (AdaLN-Single has none); t_block, E_b, cross-attention and the null caption keep the backbone's own
+    init (zero final projections: the expert starts as its trunk with identity blocks); the caption MLP
+    (Eq. 20's text_proj) is N(0, 0.02)."""
+    source = trained_source()
+    expert = dit(seed=5, num_classes=0, conditioning="adaln_single", text_dim=16, text_len=5)
+    fresh = {k: v.clone() for k, v in expert.state_dict().items()}
+    record = transfer_ddpm(expert, harness_ckpt(source, tmp_path))
+    src, got = source.state_dict(), expert.state_dict()
+    trunk = [k for k in got if k.startswith("blocks.") and (".attn." in k or ".ffn." in k)]
+    assert trunk and all(torch.equal(got[k], src[k]) for k in trunk)
+    for k in ("x_embedder.weight", "t_embedder.mlp.0.weight"):
+        assert torch.equal(got[k], src[k])
+    own = [k for k in got if k.startswith(("t_block.", "y_embedder.null")) or ".scale_shift_table" in k
+           or ".cross_attn." in k]
+    assert own and all(torch.equal(got[k], fresh[k]) for k in own)          # untouched: the backbone's init
+    assert got["blocks.0.cross_attn.proj.weight"].abs().max() == 0          # zero-initialised output (Eq. 18)
+    w = torch.cat([got[k].flatten() for k in got if k.startswith("y_embedder.proj.") and k.endswith("weight")])
+    assert abs(float(w.std()) - 0.02) < 0.004 and not torch.equal(w, torch.cat(
+        [fresh[k].flatten() for k in got if k.startswith("y_embedder.proj.") and k.endswith("weight")]))
+    assert any("per-block adaLN" in d for d in record.dropped)
+    assert any("t_block" in r and "new" in r for r in record.reinitialised)

@@ -8,9 +8,14 @@ complete import of :mod:`harness.backbones.dit_import`, the expert takes from th
   (``t_embedder``: Eq. 20 does not list it, but Eq. 21 exists "to preserve the learned timestep
   embedding MLP", so it is kept);
 * re-initialised N(0, 0.02) (biases zero): the final layer (``final_layer.linear`` and its adaLN
-  modulation; Eq. 20's "final_layer") and a text projection when the expert has one (none today:
-  text conditioning is not in this backbone yet; Eq. 20 says N(0, 0.02) for ``text_proj``, Sec. 6.2
-  "zero initialization" for the new cross-attention projections: we follow the equation);
+  modulation; Eq. 20's "final_layer") and the text projection of a text-conditioned expert (our
+  ``y_embedder.proj``, the caption MLP: Eq. 20's ``text_proj``);
+* new, with the backbone's own initialisation (Sec. 2.5), in an AdaLN-Single text expert (seed 003's
+  experts are exactly that: DiT-XL/2 with PixArt-alpha's AdaLN-Single and cross-attention): the global
+  modulation MLP ``t_block`` (final projection zero), the per-block embeddings E_b (``scale_shift_table``,
+  N(0, 1/sqrt(d))), the cross-attention of every block (output projection zero) and the learned null
+  caption.  A source block's per-block adaLN MLP (``adaLN_modulation``) has no place in AdaLN-Single and is
+  dropped; the rest of every block (attention, FFN) is transferred;
 * dropped: the class embedding (``label_embed`` / ``y_embedder``: the expert's own table, if it has
   classes, keeps its fresh N(0, 0.02) init) and, with the final layer, DiT's learned-sigma channels.
 
@@ -43,7 +48,9 @@ MODES = ("eq20",)
 REINIT_STD = 0.02   # seed 003 Eq. 20: N(0, 0.02)
 # our key prefixes -> Eq. 20's row; keys of the expert matching none are an error (an option the source lacks)
 TRANSFER = (r"x_embedder\..*", r"t_embedder\..*", r"blocks\.\d+\..*")
-REINIT = (r"final_layer\..*", r"text_proj\..*")
+REINIT = (r"final_layer\..*", r"text_proj\..*", r"y_embedder\.proj\..*")
+# an AdaLN-Single / text expert's modules that a class-conditional DDPM DiT does not have: the backbone's own init
+NEW = (r"t_block\..*", r"blocks\.\d+\.scale_shift_table", r"blocks\.\d+\.cross_attn\..*", r"y_embedder\.null")
 OWN = (r"label_embed\..*",)   # the expert's own class table: not the source's (Eq. 20: class_embed -> empty set)
 SOURCE_DROPPED = (r"(label_embed|y_embedder)\..*",)
 
@@ -101,9 +108,10 @@ def plan(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, entry: 
         raise ConfigError(f"backbone.init_transfer=eq20: only the dit and sit backbones take DiT weights, not {type(model).__name__}")
     layout = _layout(state)
     ours = model.state_dict()
-    transfer = [k for k in ours if _matches(k, TRANSFER)]
     reinit = [k for k in ours if _matches(k, REINIT)]
-    other = [k for k in ours if k not in transfer and k not in reinit and not _matches(k, OWN)]
+    new = [k for k in ours if _matches(k, NEW) and k not in reinit and _source_name(k, layout) not in state]
+    transfer = [k for k in ours if _matches(k, TRANSFER) and k not in reinit and k not in new]
+    other = [k for k in ours if k not in transfer and k not in reinit and k not in new and not _matches(k, OWN)]
     if other:
         _fail(path, f"our {other[0]} is none of Eq. 20's rows (patch/pos embedding, blocks, final layer, "
                     "class embedding): a backbone option a DiT checkpoint lacks")
@@ -133,14 +141,18 @@ def plan(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, entry: 
         if theirs is None or (theirs - model.pos_embed.float().cpu()).abs().max().item() > 1e-5:
             _fail(path, "pos_embed is not our fixed 2-D sin-cos embedding for this token grid")
     used = {_source_name(k, layout) for k in transfer} | {FIXED}
-    dropped = sorted({k.split(".")[0] for k in state if k not in used})
+    per_block_adaln = [k for k in state if k not in used and re.match(r"blocks\.\d+\.adaLN_modulation\.", k)]
+    dropped = sorted({k.split(".")[0] for k in state if k not in used and k not in per_block_adaln})
     notes = []
+    if per_block_adaln:
+        notes.append(f"per-block adaLN MLPs ({len(per_block_adaln)} tensors; replaced by AdaLN-Single)")
     head = _source_name("final_layer.linear.weight", layout)
     if head in state and state[head].shape[0] == 2 * ours["final_layer.linear.weight"].shape[0]:
         notes.append("learned-sigma channels (with final_layer)")
     record = Transferred(path=path, entry=entry, layout=layout,
                          transferred=tuple(["pos_embed (fixed sin-cos)"] + _group(transfer)),
-                         reinitialised=tuple(f"{g} N(0, {REINIT_STD})" for g in _group(reinit)),
+                         reinitialised=tuple([*(f"{g} N(0, {REINIT_STD})" for g in _group(reinit)),
+                                              *(f"{g} new (the backbone's init, Sec. 2.5)" for g in _group(new))]),
                          dropped=tuple([*(f"source {d}" for d in dropped), *notes]))
     return record, mapped
 
