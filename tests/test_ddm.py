@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,18 +331,55 @@ def test_mini_experiments_validate(tmp_path, name):
     assert cfg["train"]["steps"] == 300 and cfg["data"]["name"] == "unlabelled"
 
 
-@pytest.mark.parametrize("name", ["ddm_dit_b2_laion_art", "ddm_dit_xl2_laion", "hetero_ddm_dit_xl2_laion"])
-def test_full_scale_experiments_validate_with_their_paths(tmp_path, name):
+def full_scale_cfg(tmp_path, name, feats, *extra):
+    """A full-scale DDM config with its paths: latent shards (and caption shards for the text DiT-XL/2 experts),
+    DINOv2 features, and a shape-only official DiT-XL/2 checkpoint for Eq. 20."""
     from tests.dit_shapes import shape_only_official
+
+    if "xl2" in name:
+        paths = [f"data.base.root={tmp_path}", f"data.captions={tmp_path}",
+                 f"backbone.init_from={shape_only_official(tmp_path / 'dit.pt')}"]
+    else:
+        paths = [f"data.root={tmp_path}"]
+    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
+    try:
+        return load([f"experiment={name}", f"method.features_kwargs.path={feats}", *paths, *extra])
+    finally:
+        os.environ.pop("HARNESS_WORKDIR")
+
+
+def test_table4_rows_are_what_their_configs_log(tmp_path):
+    """Seed 003 Tab. 4 (issue 20 item 4): every row's match keys hold on the flattened config that runs it
+    (the text-conditioned DiT-XL/2 DDM configs, CFG and steps per row), so a finished run fills its row."""
+    import yaml
+
+    from harness.tables.compare import param_text
+    from harness.track.store import flatten
 
     feats = tmp_path / "dinov2.npy"
     np.save(feats, np.zeros((2, 4), dtype=np.float32))
-    init = [f"backbone.init_from={shape_only_official(tmp_path / 'dit.pt')}"] if "xl2" in name else []
-    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
-    try:
-        cfg = load([f"experiment={name}", f"data.root={tmp_path}", f"method.features_kwargs.path={feats}", *init])
-    finally:
-        os.environ.pop("HARNESS_WORKDIR")
+    runs = {("Homogeneous (8FM)", "12.45"): ("ddm_dit_xl2_laion", []),
+            ("Heterogeneous (1DDPM:7FM)", "19.75"): ("hetero_ddm_dit_xl2_laion",
+                                                     ["method.ddpm_experts=[0]", "guidance.scale=6.0", "sampler.steps=75"]),
+            ("Heterogeneous (2DDPM:6FM)", "15.09"): ("hetero_ddm_dit_xl2_laion", ["guidance.scale=6.0", "sampler.steps=75"]),
+            ("Heterogeneous (2DDPM:6FM)", "11.88"): ("hetero_ddm_dit_xl2_laion", [])}
+    tables = yaml.safe_load((Path(__file__).parents[1] / "results/paper/seed003_hetero_ddm.yaml").read_text())["tables"]
+    rows = [e for t in tables if t["id"] == "hddm_t4" for e in t["entries"] if e["metric"] == "fid"]
+    assert {(e["row"], e["value"]) for e in rows} == set(runs)
+    for e in rows:
+        name, extra = runs[e["row"], e["value"]]
+        params = flatten(full_scale_cfg(tmp_path, name, feats, *extra))
+        wanted = {**e["match"], **e["paper_scale"]}                      # the full-scale run counts as paper scale
+        wrong = {k: (v, params.get(k)) for k, v in wanted.items() if param_text(params.get(k)) != param_text(v)}
+        assert not wrong, (e["row"], e["value"], wrong)
+        assert params["backbone.conditioning"] == "adaln_single" and params["backbone.text_dim"] == 768
+
+
+@pytest.mark.parametrize("name", ["ddm_dit_b2_laion_art", "ddm_dit_xl2_laion", "hetero_ddm_dit_xl2_laion"])
+def test_full_scale_experiments_validate_with_their_paths(tmp_path, name):
+    feats = tmp_path / "dinov2.npy"
+    np.save(feats, np.zeros((2, 4), dtype=np.float32))
+    cfg = full_scale_cfg(tmp_path, name, feats)
     assert cfg["method"]["k"] == 8 and cfg["method"]["metric"] == "cosine"
     if name.startswith("hetero"):
         assert cfg["method"]["ddpm_experts"] == [0, 3] and cfg["method"]["ddpm_objective"]["clamp"] == 20.0
@@ -527,3 +565,26 @@ def test_describe_counts_the_router_with_its_cluster_classes(tmp_path):
     router = build_backbone(cfg["method"]["router_backbone"], (1, 28, 28), 5)
     assert rows["router"]["params"] == sum(p.numel() for p in router.parameters())
     assert sorted(rows) == ["expert0", "expert1", "expert2", "expert3", "expert4", "router"]
+
+
+def test_text_experts_keep_their_items_captions_and_the_router_reads_none(tmp_path):
+    """Text-conditioned DDM (seed 003's experts read CLIP captions): an expert's rows come with their own items'
+    caption embeddings; the router's rows carry the cluster ids and no captions (it reads x_t and t only)."""
+    from harness.clusters.partition import cluster_dataset
+    from harness.data.base import build_dataset
+
+    node = {"name": "fashion_mnist_captioned", "limit": 300}
+    base = build_dataset(node)
+    c = cluster_dataset(base, node, k=2, store=tmp_path)
+    common = {"name": "cluster_subset", "base": node, "clustering": c.hash, "store": str(tmp_path)}
+    expert = build_dataset({**common, "cluster": 1, "labels": "none"})
+    rows = (torch.from_numpy(c.ids) == 1).nonzero()[:, 0]
+    x, caps = expert.get_batch(torch.arange(len(expert)))
+    assert len(expert) == len(rows) > 0 and torch.equal(x, base.get_batch(rows)[0])
+    assert torch.equal(caps, base.captions(rows))
+    router = build_dataset({**common, "cluster": None, "labels": "cluster", "k": 2})
+    _, y = router.get_batch(torch.arange(20))
+    assert y.dtype == torch.long and torch.equal(y, torch.from_numpy(c.ids[:20])) and router.num_classes == 2
+    assert not hasattr(router, "caption_meta")
+    with pytest.raises(Exception, match="has 2 clusters but the data node says k=3"):
+        build_dataset({**common, "cluster": None, "labels": "cluster", "k": 3})

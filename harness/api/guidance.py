@@ -87,9 +87,18 @@ def data_classes(cfg: Mapping[str, Any]) -> int:
     return int(data_shape(cfg["data"])[1])
 
 
+def yields_captions(cfg: Mapping[str, Any]) -> bool:
+    """The data are caption embeddings (a text backbone's condition; the null is its learned null caption)."""
+    from harness.core.registry import get
+
+    return bool(getattr(get("dataset", cfg["data"]["name"]), "yields_captions", False))
+
+
 def require_labels(cfg: Mapping[str, Any], why: str) -> None:
-    """CFG/ICG need labelled data and (CFG) a trained null class."""
+    """CFG/ICG need labelled data (class labels, or captions for CFG) and (CFG) a trained null class."""
     name = cfg["guidance"]["name"]
+    if why == "the null-class branch" and yields_captions(cfg):
+        return                                # CFG on captions: the null branch is the learned null caption
     if data_classes(cfg) < 1:
         raise ConfigError(f"guidance={name}: {why} needs class labels, but data={cfg['data']['name']} is unconditional",
                           hint="use guidance=none, autoguidance or sparse on unconditional data")

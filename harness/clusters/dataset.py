@@ -43,13 +43,26 @@ def _relabel(ds: ArrayDataset, labels: torch.Tensor, num_classes: int, tag: dict
     return new
 
 
+def _rows_only(ds: ArrayDataset) -> ArrayDataset:
+    """The rows of ``ds`` without caption embeddings (a CaptionedDataset's ``get_batch`` would return them)."""
+    if not hasattr(ds, "caption_meta"):
+        return ds
+    plain = ArrayDataset(ds._x, ds.y, num_classes=ds.num_classes, name=ds.name, kind=ds.kind,
+                         info={k: v for k, v in ds.info.items() if k != "captions"})
+    for key, value in vars(ds).items():                  # decoder, image_shape, ... (not the caption table)
+        if key not in vars(plain) and key not in ("table", "offsets", "index", "caption_meta"):
+            setattr(plain, key, value)
+    return plain
+
+
 @register("dataset", "cluster_subset")
 def cluster_subset(*, base: dict, clustering: str, store: str, cluster: Optional[int] = None,
                    labels: str = "none", k: Optional[int] = None) -> ArrayDataset:
     """Items of cluster ``cluster`` of clustering ``clustering`` (all items if null).
 
-    ``labels``: ``none`` (unconditional expert), ``cluster`` (cluster ids as classes: the
-    router's targets), ``base`` (keep the base data's labels).  ``k``: the number of clusters as the
+    ``labels``: ``none`` (an expert without class labels; caption embeddings of captioned data stay, so a
+    text-conditioned expert keeps its captions), ``cluster`` (cluster ids as classes: the router's targets,
+    captions dropped), ``base`` (keep the base data's labels).  ``k``: the number of clusters as the
     method configured it (the router's node carries it, so its class count is known before clustering:
     ``harness describe``); checked against the clustering.
     """
@@ -79,8 +92,8 @@ def cluster_subset(*, base: dict, clustering: str, store: str, cluster: Optional
     tag = {"cluster": {"clustering": clustering, "cluster": cluster, "k": c.k, "n": len(ds), "labels": labels}}
     if labels == "none":
         return _relabel(ds, torch.zeros(len(ds)), 0, tag)
-    if labels == "cluster":
-        return _relabel(ds, ids, c.k, tag)
+    if labels == "cluster":   # the router's targets; it reads (x_t, t) only, so caption embeddings are dropped
+        return _relabel(_rows_only(ds), ids, c.k, tag)
     new = ds._replace_rows(torch.arange(len(ds)))
     new.info.update(tag)
     return new

@@ -28,6 +28,8 @@ def data_shape(node: Mapping[str, Any]) -> tuple[tuple[int, ...], int, str]:
     if name == "unlabelled":                      # the base data's shape, without classes
         shape, _, source = data_shape(node["base"])
         return shape, 0, source
+    if name == "captioned":                       # rows + caption shards: the rows' shape and classes
+        return data_shape(node["base"])
     if name == "cluster_subset":                  # one cluster (or all) of the base data, relabelled
         shape, classes, source = data_shape(node["base"])
         labels = node.get("labels", "none")
@@ -35,6 +37,8 @@ def data_shape(node: Mapping[str, Any]) -> tuple[tuple[int, ...], int, str]:
             return shape, int(node["k"]), source
         if labels == "none":
             return shape, 0, source
+        if labels == "base":
+            return shape, classes, source
     if name == "image_folder":                    # counting needs no images: ImageNet-style folders assumed
         side = int(node.get("resolution") or node.get("image_size") or 32)
         return (int(node.get("channels") or 3), side, side), 1000, "nominal (image_folder: 1000 classes assumed)"
