@@ -71,3 +71,17 @@ def test_end_to_end_run_reports_the_alignment_stand_in(tmp_path):
     acc = out["metrics"]["caption_class_accuracy"]
     assert 0.0 <= acc <= 1.0
     assert "clip" not in json.dumps({k: v for k, v in out["metrics"].items()}).lower()
+
+
+def test_guided_text_configs_are_flop_counted_with_a_caption_condition(tmp_path):
+    """The cost of a text model's sampler is counted with one caption embedding as its condition (it was a
+    silent gflops_error tag): CFG costs two forwards of the unguided one, the cross-attention included."""
+    from harness.pipeline.cost import config_cost
+
+    plain = config_cost(cfg_for(tmp_path))
+    guided = config_cost(cfg_for(tmp_path, "guidance=cfg"))
+    assert plain["gflops_per_nfe_torch"] > 0
+    assert guided["gflops_per_nfe_torch"] == pytest.approx(2 * plain["gflops_per_nfe_torch"], rel=1e-6)
+    without_text = config_cost(cfg_for(tmp_path, "data=fashion_mnist", "data.resolution=32", "backbone.text_dim=null",
+                                       "backbone.conditioning=adaln_zero"))
+    assert without_text["gflops_per_nfe_torch"] < plain["gflops_per_nfe_torch"]      # cross-attention counted

@@ -109,8 +109,8 @@ class CaptionEmbedder(nn.Module):
     def with_null(self, y: torch.Tensor | None, batch: int) -> torch.Tensor:
         """(B, L, text_dim) with dropped (all-NaN) items, or None, -> (B, L, text_dim) with ``null`` in their place."""
         null = self.null.expand(batch, -1, -1)
-        if y is None:
-            return null
+        if y is None:   # a copy, not a view of the parameter (module hooks, e.g. FlopCounterMode's, refuse such views)
+            return null.clone()
         dropped = torch.isnan(y).flatten(1).all(dim=1).view(-1, 1, 1)
         return torch.where(dropped, null.to(y.dtype), y)
 

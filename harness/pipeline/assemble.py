@@ -81,8 +81,12 @@ def assemble_meta(cfg: Mapping[str, Any], in_shape: Sequence[int], num_classes: 
 
     method = (method or method_for(cfg, prepare=False)).stand_in()
     parts = {}
+    from harness.data.shapes import data_shape
+
     with torch.device("meta"):
         for role, spec in experiment_units(cfg, method).items():
-            parts[role] = (build_backbone(spec.backbone, tuple(in_shape), num_classes).eval(),
-                           build_objective(spec.objective))
+            shape, classes = tuple(in_shape), num_classes
+            if spec.data != cfg["data"]:                  # a unit on derived data (a DDM router: k cluster classes)
+                shape, classes = (tuple(v) if isinstance(v, (list, tuple)) else v for v in data_shape(spec.data)[:2])
+            parts[role] = (build_backbone(spec.backbone, shape, classes).eval(), build_objective(spec.objective))
     return wrap_parts(cfg, method, parts, num_classes), build_sampler(cfg)

@@ -22,8 +22,12 @@ from harness.field.guided import Guided
 from harness.pipeline.assemble import assemble_meta
 
 
-def _inputs(in_shape: Sequence[int], num_classes: int, device: torch.device | str):
+def _inputs(in_shape: Sequence[int], num_classes, device: torch.device | str):
+    """One input and its condition: a class label, none (``num_classes`` 0), or, when ``num_classes`` is a
+    (text_len, text_dim) pair, one caption embedding (a text backbone's condition, seed 003 Eq. 18)."""
     x = torch.zeros((1, *in_shape), device=device)
+    if isinstance(num_classes, tuple):
+        return x, torch.zeros((1, *num_classes), device=device)
     y = torch.zeros(1, dtype=torch.long, device=device) if num_classes > 0 else None
     return x, y
 
@@ -86,7 +90,9 @@ def config_cost(cfg: Mapping[str, Any], method: Optional[Method] = None) -> dict
     """
     shape, classes, _ = data_shape(cfg["data"])
     field, sampler = assemble_meta(cfg, shape, classes, method)
-    return guided_cost(field, sampler, shape, classes, device="meta")
+    bb = cfg["backbone"]
+    condition = (int(bb.get("text_len", 77)), int(bb["text_dim"])) if bb.get("text_dim") else classes
+    return guided_cost(field, sampler, shape, condition, device="meta")
 
 
 def log_cost(cfg: Mapping[str, Any], method: Method, tracker, run_id: str) -> dict[str, Any]:
