@@ -334,7 +334,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with _sigterm_raises():
-            return int(args.fn(args) or 0)
+            code = int(args.fn(args) or 0)
+        dist.barrier()   # ranks leave together: none tears the process group down under another's last collective
+        return code
     except HarnessError as err:
         print(f"error: {err.one_line()}", file=sys.stderr)
         return err.exit_code
