@@ -30,6 +30,7 @@ from harness.core.errors import ConfigError
 from harness.core.registry import register, registry
 from harness.field.base import batch_times
 from harness.field.guided import Branch, Guided
+from harness.objectives.base import VELOCITY, Parameterisation, Prediction
 
 
 class SelfGuided(Guided):
@@ -54,15 +55,11 @@ class SelfGuided(Guided):
             return guided
         return torch.where(on.reshape(-1, *([1] * (x.dim() - 1))), guided, strong)
 
-    def predict(self, x, t, y=None):
-        from harness.objectives.base import Prediction
-
+    def predict(self, x, t, y=None) -> Prediction:
         return Prediction("velocity", self(x, t, y))       # guidance on velocities (no DDPM-eps fast path)
 
     @property
-    def parameterisation(self):
-        from harness.objectives.base import VELOCITY
-
+    def parameterisation(self) -> Parameterisation:
         return VELOCITY
 
 
