@@ -425,7 +425,8 @@ def test_ec_dynamic_paper_row_matches_its_config_and_the_static_row_does_not() -
     from harness.track.store import flatten
 
     tables = load_paper_file(Path(__file__).resolve().parents[1] / "results/paper/seed002_diffmoe.yaml")
-    ec = {e.value: e.match for t in tables if t.table == "Table 8" for e in t.entries if e.row.startswith("EC-DiT")}
+    ec = {e.value: e.match for t in tables if t.table == "Table 8" for e in t.entries
+          if e.row.startswith("EC-DiT") and e.metric == "fid"}          # the FID column (activated params beside it)
     assert set(ec) == {"16.12", "23.74"}
     for routing, want in ((None, "16.12"), ("dynamic_intra_sample", "23.74")):
         extra = [] if routing is None else [f"+backbone.ffn_kwargs.inference_routing={routing}"]
