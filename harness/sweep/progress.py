@@ -56,7 +56,40 @@ def unit_eta(rec: Mapping[str, Any]) -> Optional[float]:
     return (rec["total"] - rec["step"]) * spent / steps
 
 
-class SweepProgress:
+class LiveView:
+    """A progress view as a context manager: a rich ``Live`` of :meth:`render` on a terminal (``live_on``
+    None = exactly when the console is one), event lines elsewhere; :meth:`poll` reads and reports (subclasses
+    set ``console``, ``live_on`` and ``_live = None`` and implement ``poll(force)`` and ``render()``)."""
+
+    console: Any
+    live_on: Optional[bool]
+    _live: Any
+
+    def __enter__(self) -> "LiveView":
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console()
+        if self.live_on is None:
+            self.live_on = self.console.is_terminal
+        if self.live_on:
+            from rich.live import Live
+
+            self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
+            self._live.start()
+        self.poll(force=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.poll(force=True)
+        finally:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+
+class SweepProgress(LiveView):
     """The progress of one ``harness sweep`` run; use as a context manager around ``launcher.run``.
 
     ``cell_units``: {cell id: {role: unit hash}} for cells whose units are known before they run (not those
@@ -91,29 +124,6 @@ class SweepProgress:
         self._reported: set[str] = set()
         self.finished_now: list[str] = []   # cells that finished or failed during this run, in order
 
-    # ---- context: the live view --------------------------------------------------------------------------
-    def __enter__(self) -> "SweepProgress":
-        if self.console is None:
-            from rich.console import Console
-
-            self.console = Console()
-        if self.live_on is None:
-            self.live_on = self.console.is_terminal
-        if self.live_on:
-            from rich.live import Live
-
-            self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
-            self._live.start()
-        self.poll(force=True)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.poll(force=True)
-        finally:
-            if self._live is not None:
-                self._live.stop()
-                self._live = None
 
     # ---- what the launcher calls -------------------------------------------------------------------------
     def watch(self, stage: str, done: int, total: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
-from harness.sweep.progress import REFRESH_S, clock_text
+from harness.sweep.progress import REFRESH_S, LiveView, clock_text
 
 SHOWN = 8                     # trials in the live view
 
@@ -22,7 +22,7 @@ def _params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-class SearchProgress:
+class SearchProgress(LiveView):
     """Progress of one search run: use as a context manager around ``launcher.submit_workers(..., watch=...)``."""
 
     def __init__(self, study, n_trials: int, *, direction: str = "minimize", live: Optional[bool] = None,
@@ -35,29 +35,6 @@ class SearchProgress:
         self._said: dict[int, str] = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
         self.finished_now = 0
         self.trials: list[Any] = []
-
-    def __enter__(self) -> "SearchProgress":
-        if self.console is None:
-            from rich.console import Console
-
-            self.console = Console()
-        if self.live_on is None:
-            self.live_on = self.console.is_terminal
-        if self.live_on:
-            from rich.live import Live
-
-            self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
-            self._live.start()
-        self.poll(force=True)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.poll(force=True)
-        finally:
-            if self._live is not None:
-                self._live.stop()
-                self._live = None
 
     def watch(self) -> None:
         """Launcher callback between polls."""
