@@ -70,6 +70,17 @@ def assemble(cfg: Mapping[str, Any], method: Optional[Method] = None, *,
     return wrap_parts(cfg, method, parts, num_classes), records
 
 
+def unit_input(cfg: Mapping[str, Any], spec, in_shape: Sequence[int], num_classes: int) -> tuple[tuple[int, ...], int]:
+    """(input shape, classes) a unit's network is built for: the run's, or its own data node's when the unit
+    trains on derived data (a DDM router: the k cluster ids as classes)."""
+    if spec.data == cfg["data"]:
+        return tuple(in_shape), num_classes
+    from harness.data.shapes import data_shape
+
+    shape, classes, _ = data_shape(spec.data)
+    return tuple(shape), int(classes)
+
+
 def assemble_meta(cfg: Mapping[str, Any], in_shape: Sequence[int], num_classes: int,
                   method: Optional[Method] = None) -> tuple[Field, Callable]:
     """The configured (guided) Field with every network on the meta device (shapes only), and its sampler.
@@ -81,12 +92,8 @@ def assemble_meta(cfg: Mapping[str, Any], in_shape: Sequence[int], num_classes: 
 
     method = (method or method_for(cfg, prepare=False)).stand_in()
     parts = {}
-    from harness.data.shapes import data_shape
-
     with torch.device("meta"):
         for role, spec in experiment_units(cfg, method).items():
-            shape, classes = tuple(in_shape), num_classes
-            if spec.data != cfg["data"]:                  # a unit on derived data (a DDM router: k cluster classes)
-                shape, classes = (tuple(v) if isinstance(v, (list, tuple)) else v for v in data_shape(spec.data)[:2])
+            shape, classes = unit_input(cfg, spec, in_shape, num_classes)
             parts[role] = (build_backbone(spec.backbone, shape, classes).eval(), build_objective(spec.objective))
     return wrap_parts(cfg, method, parts, num_classes), build_sampler(cfg)

@@ -19,7 +19,7 @@ from harness.backbones.dit_import import check_official
 from harness.backbones.dit_transfer import check_transfer
 from harness.backbones.size import describe
 from harness.data.shapes import data_shape
-from harness.pipeline.assemble import experiment_units, method_for
+from harness.pipeline.assemble import experiment_units, method_for, unit_input
 from harness.pipeline.cost import config_cost
 
 
@@ -36,9 +36,7 @@ def describe_experiment(cfg: Mapping[str, Any]) -> dict[str, Any]:
     guidance = build_guidance(cfg)
     imported = []
     for role, spec in experiment_units(cfg, counted).items():
-        unit_shape, unit_classes = shape, classes
-        if spec.data != cfg["data"]:                      # a unit on derived data (a DDM router's cluster labels)
-            unit_shape, unit_classes, _ = data_shape(spec.data)
+        unit_shape, unit_classes = unit_input(cfg, spec, shape, classes)
         build = lambda spec=spec, s=unit_shape, k=unit_classes: build_backbone(spec.backbone, s, k)  # noqa: E731
         stats = describe(build, unit_shape)
         rows[role] = {"hash": spec.hash, "interval": list(spec.interval), "steps": spec.train["steps"], **stats}
