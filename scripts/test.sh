@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# One line on what this machine has, first in the log: a CI failure from a full disk or a starved box reads here.
+echo "test machine: $(nproc) cores, $(free -g | awk '/^Mem:/{print $7}') GiB memory available," \
+     "$(df -h --output=avail . | tail -1 | tr -d ' ') free here, $(df -h --output=avail "${TMPDIR:-/tmp}" | tail -1 | tr -d ' ') free in ${TMPDIR:-/tmp}"
 # Two pytest-xdist workers, one thread each: many tests wait on subprocesses (SLURM jobs, the MLflow UI,
 # spawned ranks), so two workers overlap the waiting; tests sharing a SLURM cluster or picking TCP ports
 # run on one worker (their xdist_group).  HARNESS_TEST_WORKERS=0 runs everything in this process.
