@@ -13,7 +13,7 @@ from tests.configs import load_in
 from harness.config import load
 from harness.data.gaussian_mixture import GaussianMixture
 from harness.core.errors import ConfigError
-from harness.pipeline.assemble import method_for
+from harness.pipeline.assemble import field_classes, method_for
 from harness.field import Exact
 from harness.field.mixture import FunctionRouter, Mixture, NetRouter, ThresholdRouter, mixing_weights
 from harness.objectives.conversions import damping, damping_eq31
@@ -588,3 +588,15 @@ def test_text_experts_keep_their_items_captions_and_the_router_reads_none(tmp_pa
     assert not hasattr(router, "caption_meta")
     with pytest.raises(Exception, match="has 2 clusters but the data node says k=3"):
         build_dataset({**common, "cluster": None, "labels": "cluster", "k": 3})
+
+
+def test_guidance_classes_never_count_the_routers_clusters():
+    """A class-conditional DDM (3 classes) with a k = 8 router: CFG's null class is 3, not a cluster id."""
+    from harness.objectives.base import build_objective
+
+    net = torch.nn.Identity()
+    parts = {"router": (net, build_objective({"name": "router_ce"})),
+             "expert0": (net, build_objective({"name": "flow_matching"})),
+             "expert1": (net, build_objective({"name": "flow_matching"}))}
+    assert field_classes(parts, {"router": 8, "expert0": 3, "expert1": 3}) == 3
+    assert field_classes({"router": parts["router"]}, {"router": 8}) == 0

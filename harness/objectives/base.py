@@ -77,6 +77,9 @@ class Objective:
     parameterisation than velocity, :attr:`parameterisation` and :meth:`predict`)."""
 
     parameterisation: Parameterisation = VELOCITY
+    # whether the trained network answers a velocity field (False: a classifier such as DDM's router, whose
+    # classes are clusters, not the data's labels: guidance's null class never counts them)
+    MAKES_FIELD: bool = True
     # objective keys that change only how a trained network answers, never its weights: left out of the unit hash
     UNHASHED_KEYS: tuple[str, ...] = ()
     # keys hashed only when they differ from this default, so a key added later keeps the old units' hashes

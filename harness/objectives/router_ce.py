@@ -22,6 +22,8 @@ from harness.core.registry import register
 class RouterCrossEntropy(Objective):
     """Per-sample cross-entropy of the router's logits (B, K) at (x_t, t) against cluster ids y (B,)."""
 
+    MAKES_FIELD = False
+
     def loss(self, net: NetFn, x1: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         if y is None:
             raise ConfigError("objective router_ce: the data carry no cluster labels",

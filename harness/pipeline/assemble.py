@@ -41,6 +41,16 @@ def experiment_units(cfg: Mapping[str, Any], method: Method) -> dict[str, UnitSp
     return {**method.units(), **build_guidance(cfg).units()}
 
 
+def field_classes(parts: Mapping[str, tuple[torch.nn.Module, Any]], classes: Mapping[str, int]) -> int:
+    """The label classes the guided field conditions on: the most over the parts that answer a velocity field.
+
+    A DDM router's classes are its k clusters, not the data's labels; counted, a class-conditional DDM with
+    k > num_classes would take a cluster id as CFG's null class.
+    """
+    return max((int(classes[r]) for r, (_, objective) in parts.items()
+                if getattr(objective, "MAKES_FIELD", True)), default=0)
+
+
 def wrap_parts(cfg: Mapping[str, Any], method: Method, parts: Mapping[str, tuple[torch.nn.Module, Any]],
                num_classes: int) -> Field:
     """The method's Field from its parts, wrapped by the configured guidance (which gets every part)."""
@@ -66,7 +76,7 @@ def assemble(cfg: Mapping[str, Any], method: Optional[Method] = None, *,
                                                          ema_std=cfg["eval"].get("ema_std"))
         parts[role] = (model, objective)
         records[role] = record
-    num_classes = max((int(r["num_classes"]) for r in records.values()), default=0)
+    num_classes = field_classes(parts, {r: rec["num_classes"] for r, rec in records.items()})
     return wrap_parts(cfg, method, parts, num_classes), records
 
 
