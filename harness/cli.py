@@ -219,8 +219,19 @@ def cmd_split(args) -> int:
         run_split(cfg)   # collective: the aux unit trains on every rank; rank 0 records
         return 0
     result = run_split(cfg)
-    print(json.dumps({k: result[k] for k in ("monitor", "n", "grid", "curve", "cumulative", "boundaries", "cost",
-                                             "field", "aux_unit", "png", "run_id")}))
+    if args.json:   # the whole result, curves included, for scripts
+        print(json.dumps({k: result[k] for k in ("monitor", "n", "grid", "curve", "cumulative", "boundaries", "cost",
+                                                 "field", "aux_unit", "png", "run_id")}))
+        return 0
+    edges = "  ".join(f"{b:.3f}" for b in result["boundaries"])
+    _console().print(f"{result['monitor']} monitor, N = {result['n']}, field {result['field']}: boundaries {edges}",
+                     highlight=False)
+    cost = result.get("cost") or {}
+    _console().print(f"monitor cost: {cost.get('nfe')} network evaluations, {cost.get('seconds')} s; "
+                     f"aux unit: {result.get('aux_unit') or 'none (exact field)'}", highlight=False)
+    _console().print(f"plot (monitor and cumulative burden): {result['png']}", highlight=False, soft_wrap=True)
+    if result.get("run_id"):
+        _console().print(f"MLflow run {result['run_id']}; --json prints the curves", highlight=False)
     return 0
 
 
@@ -274,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("kind", nargs="?", default=None)
     sp = add("validate", cmd_validate, "validate a config and print it resolved (a dry run)")
     sp.add_argument("--all", action="store_true", help="validate every experiment/*.yaml")
-    add("split", cmd_split, "CBS boundaries: monitor curve on a grid, equidistributed boundaries (JSON + PNG)")
+    sp = add("split", cmd_split, "CBS boundaries: monitor curve on a grid, equidistributed boundaries (summary + PNG)")
+    sp.add_argument("--json", action="store_true", help="print the whole result (curves included) as one JSON line")
     sp = add("describe", cmd_describe, "params and GFLOPs per forward of every unit, from shapes only (meta device)")
     sp.add_argument("--json", action="store_true")
     add("smoke", cmd_smoke, "the runs of harness/conf/smoke.yaml (a tiny model and a tiny time split) on the CIFAR-10-format stand-in")

@@ -75,7 +75,7 @@ def test_uniform_monitor_gives_the_naive_split():
 
 def _split(tmp_path, *args):
     env = dict(os.environ, HARNESS_WORKDIR=str(tmp_path))
-    out = subprocess.run([HARNESS, "split", "data=gaussian_mixture", "eval=fd_raw", "backbone=mlp_tiny", *args],
+    out = subprocess.run([HARNESS, "split", "--json", "data=gaussian_mixture", "eval=fd_raw", "backbone=mlp_tiny", *args],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
