@@ -146,7 +146,8 @@ def _unit_locks_held(workdir: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_sigterm_to_run_checkpoints_ends_its_runs_killed_and_a_rerun_resumes(workdir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_run_checkpoints_ends_its_runs_killed_and_a_rerun_resumes(workdir, tmp_path, sig):
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([HARNESS, "run", *TRAIN], stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -154,8 +155,8 @@ def test_sigterm_to_run_checkpoints_ends_its_runs_killed_and_a_rerun_resumes(wor
     try:
         wait_until(lambda: bool(_checkpoints(workdir)), proc, 240, "unit checkpoint", log)
         children = tree(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 128 + sig
     finally:
         proc.kill()
         _kill(children)
@@ -164,7 +165,7 @@ def test_sigterm_to_run_checkpoints_ends_its_runs_killed_and_a_rerun_resumes(wor
     assert _unit_locks_held(workdir) == [] and _half_written(workdir) == []
     runs = {r.data.tags["harness.kind"]: r for r in _runs(workdir)}
     assert {k: r.info.status for k, r in runs.items()} == {"experiment": "KILLED", "unit": "KILLED"}
-    stopped_at = max(int(p.stem.split("_")[1]) for p in _checkpoints(workdir))   # written on SIGTERM
+    stopped_at = max(int(p.stem.split("_")[1]) for p in _checkpoints(workdir))   # written on the signal
 
     again = subprocess.run([HARNESS, "run", *TRAIN], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
