@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
+import torch
 
 from harness.core import dist
 from harness.core.errors import ConfigError
@@ -72,8 +73,13 @@ def split_field(cfg: Mapping[str, Any], datasets, tracker=None, parent_id: Optio
         return Exact(mixture_field(mixture, data.num_classes)), data.num_classes, None
     spec = aux_unit(cfg)
     train_units({"aux": spec}, cfg, tracker=tracker, parent_id=parent_id, datasets=datasets)
-    model, objective, _ = load_unit_field_parts(spec, Path(cfg["paths"]["workdir"]))
+    model, objective, _ = load_unit_field_parts(spec, Path(cfg["paths"]["workdir"]), device=str(split_device(cfg)))
     return Net(model, objective), data.num_classes, spec.hash
+
+
+def split_device(cfg: Mapping[str, Any]) -> torch.device:
+    """Where the monitor runs the aux field: ``eval.device`` (auto: this process's GPU), as sampling does."""
+    return dist.resolve_device(cfg["eval"].get("device", "auto"))
 
 
 def _check_curve(curve, monitor: str) -> None:
@@ -99,8 +105,9 @@ def split_of_field(cfg: Mapping[str, Any], field, num_classes: int, aux_hash: Op
     s = cfg["split"]
     monitor = get("monitor", s["monitor"])
     extra = {"dataset": data} if "dataset" in inspect.signature(monitor).parameters else {}
+    device = split_device(cfg) if s["field"] != "exact" else torch.device("cpu")   # the exact field is numpy-side CPU
     curve = monitor(field, shape=tuple(data.shape), num_classes=num_classes, trajectories=int(s["trajectories"]),
-                    grid=int(s["grid"]), seed=int(s["seed"]), **extra)
+                    grid=int(s["grid"]), seed=int(s["seed"]), device=device, **extra)
     _check_curve(curve.curve, s["monitor"])
     boundaries = boundaries_from_monitor(curve.grid, curve.curve, int(s["n"]), interpolate=bool(s["interpolate"]))
     return {"monitor": s["monitor"], "n": int(s["n"]), "grid": curve.grid, "curve": curve.curve,
