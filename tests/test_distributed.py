@@ -104,15 +104,23 @@ def test_two_processes_sample_the_npz_one_process_samples(two_and_one):
         assert m2[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-7), k
 
 
-def test_joint_time_experts_train_under_ddp(tmp_path):
-    """Alg. 1 in one loop steps one expert per batch: DDP must tolerate the experts without gradient."""
-    gmm = ["experiment=gmm_mini", "method=naive_split", "method.n=2", "method.training=joint", "train.steps=20",
+def test_joint_cbs_trains_under_ddp(tmp_path):
+    """CBS under torchrun: the aux unit trains on both ranks and the monitor gives both the same boundaries (the
+    joint unit's hash carries them); Alg. 1 in one loop then steps one expert per batch, which DDP must tolerate
+    (experts without gradient).  2 processes give the units 1 process gives."""
+    gmm = ["experiment=gmm_mini", "method=cbs", "method.n=2", "method.training=joint", "train.steps=20",
+           "split.aux_steps=20", "split.trajectories=64", "split.grid=20",
            "train.batch_size=32", "train.checkpoint_every=10", "run.progress=false"]
     harness(tmp_path / "two", "train", *gmm, "--no-track", world=2)
     harness(tmp_path / "one", "train", *gmm, "--no-track")
-    a, b = unit_state(tmp_path / "two"), unit_state(tmp_path / "one")
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+    units = {w: sorted(p.name for p in (tmp_path / w / "units").iterdir() if p.is_dir()) for w in ("two", "one")}
+    assert units["two"] == units["one"] and len(units["one"]) == 2, units   # same aux and joint unit hashes
+    for name in units["one"]:
+        a, b = (load_checkpoint(tmp_path / w / "units" / name /
+                                json.loads((tmp_path / w / "units" / name / "done.json").read_text())["checkpoint"])["model"]
+                for w in ("two", "one"))
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), (name, key)
 
 
 def test_a_world_size_that_does_not_divide_the_batch_is_one_line_and_writes_nothing(tmp_path):
