@@ -54,6 +54,22 @@ def test_dry_run_prints_the_sbatch_scripts_and_the_dag_and_submits_nothing(workd
     assert not (workdir / "sweeps").exists()
 
 
+def test_a_sweep_of_multi_gpu_cells_is_an_array_of_multi_task_jobs(workdir, tmp_path):
+    """Issue 14 item 3: every array task of a stage is one cell's whole job, 2 nodes x 8 tasks (one per GPU),
+    each task started by srun so the 16 processes of a cell join one process group from SLURM's environment."""
+    profile = tmp_path / "pod.yaml"
+    profile.write_text("partition: gpu\ntime_min: 600\nnodes: 2\ngpus_per_node: 8\ncpus_per_task: 12\nmem_gb: 900\n")
+    path = sweep_file(tmp_path / "pod.yaml.sweep.yaml", [f"launcher.profile={profile}", "launcher=slurm"],
+                      grid="grid: {train.seed: [0, 1, 2]}\n")
+    lines: list[str] = []
+    run_sweep(path, dry_run=True, echo=lambda *a: lines.append(" ".join(map(str, a))))
+    units = "\n".join(lines).split("# ---- sbatch script: stage units")[1].split("# ---- sbatch script: stage evaluate")[0]
+    for directive in ("--array=0-2%", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=12"):
+        assert f"#SBATCH {directive}" in units, directive
+    (srun,) = [line for line in units.splitlines() if line.startswith("srun ")]
+    assert "%t_log.out" in srun and "submitit.core._submit" in srun   # one worker per task, a log per task rank
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
