@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,23 +139,43 @@ def test_batch_gpu_rounds_train_the_weights_of_the_unsplit_batch(tmp_path):
         assert torch.allclose(a["model"][name], b["model"][name], atol=1e-5, rtol=1e-4), name
 
 
-def test_dataloader_workers_fetch_exactly_the_in_process_batches(tmp_path):
-    """Which items form step k's batch depends on (seed, k) only, not on the number of workers or ranks."""
+def _image_folder(root: Path, per_class: int = 12) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog", "emu"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("source", ["digits", "image_folder"])
+def test_dataloader_batches_depend_on_seed_and_step_only_not_on_workers_or_ranks(tmp_path, source):
+    """Which items form step k's batch depends on (seed, k) only: for any number of DataLoader workers, and the
+    two ranks' halves of a world-2 job are, concatenated, the world-1 batch (items, noise, t, dropped labels).
+    On the in-memory digits and on an image folder (files decoded in the workers)."""
     from harness.train.batches import rank_batches
 
-    cfg = cfg_for(tmp_path, "data=digits")
+    extra = ["data=digits"] if source == "digits" else \
+        ["data=image_folder", f"data.root={_image_folder(tmp_path / 'imgs')}", "data.resolution=8"]
+    cfg = cfg_for(tmp_path, *extra)
     data = build_dataset(cfg["data"])
     obj = build_objective(cfg["objective"])
     common = dict(seed=5, batch_size=32, interval=(0.0, 1.0), objective=obj, label_dropout=0.3, start=3, end=9)
-    first = {}
+    halves = {}
     for rank in (0, 1):
         inline = list(rank_batches(data, **common, rank=rank, world=2, workers=0))
         loaded = list(rank_batches(data, **common, rank=rank, world=2, workers=2))
         assert [s for s, _ in inline] == [s for s, _ in loaded] == list(range(3, 9))
         for (_, a), (_, b) in zip(inline, loaded):
             assert all(torch.equal(u, v) for u, v in zip(a, b))
-        first[rank] = inline[0][1][0]
-    assert first[0].shape == (16, *data.shape) and not torch.equal(first[0], first[1])   # each rank its half
+        halves[rank] = inline
+    whole = list(rank_batches(data, **common, rank=0, world=1, workers=2))
+    for (_, a), (_, b), (_, w) in zip(halves[0], halves[1], whole):
+        assert a[0].shape == (16, *data.shape) and not torch.equal(a[0], b[0])   # each rank its own half
+        for u, v, full in zip(a, b, w):
+            assert torch.equal(torch.cat([u, v]), full)
 
 
 def _ddp_worker(rank, world, init_file, workdir, cfg):
