@@ -316,3 +316,37 @@ def test_hflip_batches_are_the_same_with_dataloader_workers():
     for (s0, a), (s1, b) in zip(inproc, loaded):
         assert s0 == s1 and all(torch.equal(u, v) for u, v in zip(a, b))
     assert any(bool((a[0][:, 0, 0, -1] == 1).any()) for _, a in inproc)   # something was flipped
+
+
+class _OutOfMemoryAtForward(torch.nn.Module):
+    """Stands in for a network too big for its GPU (no GPU here): its forward raises what CUDA's allocator raises."""
+
+    def __init__(self, *, in_shape, num_classes):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, y=None):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_out_of_memory_at_the_first_step_names_the_knobs_and_writes_nothing(tmp_path):
+    from harness.core.errors import HarnessError
+    from harness.core.registry import register, registry
+
+    register("backbone", "oom_probe_test")(_OutOfMemoryAtForward)
+    try:
+        cfg = cfg_for(tmp_path, "train.steps=5", "train.batch_size=32", "train.batch_gpu=16")
+        cfg = dict(cfg, backbone={"name": "oom_probe_test"})
+        with pytest.raises(HarnessError) as e:
+            train_unit(unit_from_config(cfg, label="oom"), workdir=tmp_path / "w", progress=False)
+    finally:   # later tests that list the backbones never see it
+        registry("backbone")._items.pop("oom_probe_test", None)
+        registry("backbone")._origin.pop("oom_probe_test", None)
+    text = f"{e.value} {getattr(e.value, 'hint', '')}"
+    assert "out of memory at step 0 with 32 items per GPU in rounds of 16" in text
+    assert "train.batch_gpu" in text and "backbone.checkpointing=true" in text
+    files = [p for p in (tmp_path / "w").rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix == ".pt" or p.name == "done.json" or ".tmp-" in p.name], files
+    for p in files:   # what is there (the progress record) is whole
+        if p.suffix == ".json":
+            json.loads(p.read_text())
