@@ -7,6 +7,7 @@ the respacing and the 1000-step table recomputed here from their definitions (Ho
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -347,3 +348,36 @@ def test_imported_dit_is_sampled_natively_with_dits_cfg(tmp_path):
     assert guided.parameterisation.kind == "eps"
     samples, nfe = DDPMAncestral(steps=4)(guided, torch.randn(2, C, SIZE, SIZE), y)
     assert nfe == 4 and samples.shape == (2, C, SIZE, SIZE) and bool(torch.isfinite(samples).all())
+
+
+@pytest.mark.parametrize("preset, row", [("dit_xl2_imagenet256_released", "DiT-XL/2 [51]"),
+                                         ("sit_xl2_imagenet256_released", "SiT-XL/2 [44]")])
+def test_the_released_presets_fill_their_published_rows_and_another_cfg_scale_does_not(tmp_path, monkeypatch, preset, row):
+    """Seed 004 Tab. 3's released-checkpoint rows (2.27 / 2.06): the preset's flattened config holds every match
+    and paper-scale key; the same run at CFG 4.0, 50 steps or 4 guided channels is not set beside the number."""
+    import yaml
+
+    from harness.config import load
+    from harness.tables.compare import param_text
+    from harness.track.store import flatten
+    from tests.dit_shapes import shape_only_official
+
+    monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path))
+    (tmp_path / "ref").mkdir()
+    monkeypatch.setenv("HARNESS_IMAGENET256_REFERENCE", str(tmp_path / "ref" / "VIRTUAL_imagenet256_labeled.npz"))
+    ckpt = shape_only_official(tmp_path / "official.pt")
+    (tmp_path / "ref" / "VIRTUAL_imagenet256_labeled.npz").write_bytes(b"")   # only its existence is checked at load
+    doc = yaml.safe_load((Path(__file__).parents[1] / "results/paper/seed004_sparse_guidance.yaml").read_text())
+    (t3,) = [t for t in doc["tables"] if t["id"] == "sg_t3"]
+    entries = [e for e in t3["entries"] if e["row"] == row and e.get("match")]   # #Epoch: a configuration cell
+    assert {e["metric"] for e in entries} >= {"fid", "sfid", "is", "precision", "recall"}
+
+    def missing(*extra: str) -> dict:
+        params = flatten(load([f"experiment={preset}", f"backbone.init_from={ckpt}", f"data.root={tmp_path}", *extra]))
+        return {k: (v, params.get(k)) for e in entries for k, v in {**e["match"], **e["paper_scale"]}.items()
+                if param_text(params.get(k)) != param_text(v)}
+
+    assert missing() == {}
+    for extra, key in (("guidance.scale=4.0", "guidance.scale"), ("sampler.steps=50", "sampler.steps"),
+                       ("guidance.guide_channels=4", "guidance.guide_channels")):
+        assert set(missing(extra)) == {key}, extra
