@@ -99,8 +99,11 @@ class ObjectiveSwitch(Method):
 
     def units(self) -> dict[str, UnitSpec]:
         fm = unit_from_config(self.cfg, label="FM expert")
+        backbone = dict(self.cfg["backbone"])
+        if backbone.get("time_map"):   # the DDPM expert feeds its own tau, DiT's step / 1000 (seed 003 Eq. 21, 2nd case)
+            backbone.pop("time_map")
         ddpm = UnitSpec(label=f"DDPM expert ({self.ddpm_objective['schedule']})", data=dict(self.cfg["data"]),
-                        backbone=dict(self.cfg["backbone"]), objective=training_node(self.ddpm_objective),
+                        backbone=backbone, objective=training_node(self.ddpm_objective),
                         train=dict(self.cfg["train"]))
         return {"combined": {"ddpm": ddpm, "fm": fm}, "fm": {"fm": fm}, "ddpm": {"ddpm": ddpm}}[self.use]
 

@@ -514,10 +514,15 @@ def test_switch_experiments_validate(tmp_path):
     assert mini["method"]["name"] == "objective_switch" and "div" in mini["eval"]["metrics"]
     alex = tmp_path / "alexnet-owt-7be5be79.pth"
     alex.write_bytes(b"placeholder: validation only checks that the file exists")
-    full = load_in(tmp_path, "experiment=switch_dit_xl2_laion", f"data.root={tmp_path}", f"eval.lpips_backbone={alex}")
+    from tests.dit_shapes import shape_only_official
+
+    paths = [f"data.base.root={tmp_path}", f"data.captions={tmp_path}",
+             f"backbone.init_from={shape_only_official(tmp_path / 'dit.pt')}"]
+    full = load_in(tmp_path, "experiment=switch_dit_xl2_laion", *paths, f"eval.lpips_backbone={alex}")
     assert full["sampler"]["steps"] == 75 and full["eval"]["n_samples"] == 5000 and "lpips" in full["eval"]["metrics"]
+    assert full["guidance"]["scale"] == 6.0 and full["backbone"]["conditioning"] == "adaln_single"
     with pytest.raises(ConfigError, match="lpips_backbone"):
-        load_in(tmp_path, "experiment=switch_dit_xl2_laion", f"data.root={tmp_path}")
+        load_in(tmp_path, "experiment=switch_dit_xl2_laion", *paths)
 
 
 @pytest.mark.slow
@@ -600,3 +605,42 @@ def test_guidance_classes_never_count_the_routers_clusters():
              "expert1": (net, build_objective({"name": "flow_matching"}))}
     assert field_classes(parts, {"router": 8, "expert0": 3, "expert1": 3}) == 3
     assert field_classes({"router": parts["router"]}, {"router": 8}) == 0
+
+
+def test_table3_and_figure4_rows_are_what_the_switch_config_logs(tmp_path):
+    """Seed 003 Tab. 3 / Fig. 4 (DDPM <-> FM conversion on text-conditioned DiT-XL/2, CFG 6, 75 steps): each row's
+    match and paper-scale keys hold on switch_dit_xl2_laion with that row's overrides (the table note's recipe),
+    so a finished full-scale run fills its row and no other."""
+    import yaml
+
+    from harness.config import load
+    from harness.tables.compare import param_text
+    from harness.track.store import flatten
+    from tests.dit_shapes import shape_only_official
+
+    ckpt = shape_only_official(tmp_path / "dit.pt")
+    paths = [f"data.base.root={tmp_path}", f"data.captions={tmp_path}", f"backbone.init_from={ckpt}",
+             f"eval.lpips_backbone={ckpt}"]
+    same = ["objective=flow_matching_cosine", "objective.conversion=native"]
+    rows = {("hddm_t3", "Native DDPM"): ["method.use=ddpm", "sampler=ddpm", "sampler.steps=75"],
+            ("hddm_t3", "FM"): ["method.use=fm"],
+            ("hddm_t3", "DDPM \\rightarrow FM"): ["method.use=ddpm"],
+            ("hddm_t3", "Combined (same schedule)"): same,
+            ("hddm_t3", "Combined (diff. schedules)"): [],
+            ("hddm_f4", "threshold 0.2"): [*same, "method.threshold=0.2", "eval.n_samples=1000"]}
+    tables = yaml.safe_load((Path(__file__).parents[1] / "results/paper/seed003_hetero_ddm.yaml").read_text())["tables"]
+    entries = [(t["id"], e) for t in tables if t["id"] in ("hddm_t3", "hddm_f4") for e in t["entries"] if e.get("match")]
+    assert {(tid, e["row"]) for tid, e in entries} == set(rows)
+    os.environ["HARNESS_WORKDIR"] = str(tmp_path)
+    try:
+        flat = {key: flatten(load(["experiment=switch_dit_xl2_laion", *paths, *extra])) for key, extra in rows.items()}
+    finally:
+        os.environ.pop("HARNESS_WORKDIR")
+    for tid, e in entries:
+        for key, params in flat.items():
+            holds = all(param_text(params.get(k)) == param_text(v) for k, v in {**e["match"], **e["paper_scale"]}.items())
+            if key == (tid, e["row"]):
+                assert holds, (tid, e["row"], e["metric"], "its own config does not fill it")
+            elif key[0] == tid:
+                assert not holds, (tid, e["row"], e["metric"], f"the config of row {key[1]!r} fills it too")
+    assert flat[("hddm_t3", "FM")]["backbone.conditioning"] == "adaln_single"
