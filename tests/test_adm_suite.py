@@ -123,6 +123,10 @@ def test_a_reference_npzs_own_statistics_are_used_and_its_images_only_for_precis
     assert ref.spatial_stats.sha256() == own.spatial_stats.sha256()              # no mu_s in the npz: arr_0's
     with pytest.raises(DataError, match="precision/recall need reference images"):
         score_adm(feats, ADMReference.from_npz(arrays, None), adm, ["pr"])
+    shifted = adm_stats(feats[:, POOL_DIM:] + 1.0)                                # the npz's own sFID statistics
+    with_s = ADMReference.from_npz({"mu": own.pool_stats.mu, "sigma": own.pool_stats.sigma,
+                                    "mu_s": shifted.mu, "sigma_s": shifted.sigma}, feats)
+    assert score_adm(feats, with_s, adm, ["sfid"])["sfid_adm_64"] == pytest.approx(SPATIAL_DIM, rel=1e-5)
 
 
 def _graphdef(tmp_path, weights: np.ndarray, name: str = "softmax/weights"):
