@@ -644,3 +644,22 @@ def test_table3_and_figure4_rows_are_what_the_switch_config_logs(tmp_path):
             elif key[0] == tid:
                 assert not holds, (tid, e["row"], e["metric"], f"the config of row {key[1]!r} fills it too")
     assert flat[("hddm_t3", "FM")]["backbone.conditioning"] == "adaln_single"
+
+
+def test_full_scale_text_ddm_is_flop_counted_per_activated_expert(tmp_path):
+    """Issue 20 item 4 (FLOP-counted): on the meta device, Top-1 / Top-2 / Full of the 8 text DiT-XL/2 experts cost
+    one router plus 1 / 2 / 8 guided experts per NFE (the experts are equal), and per image it is 50 NFE."""
+    from harness.pipeline.cost import config_cost
+
+    feats = tmp_path / "dinov2.npy"
+    np.save(feats, np.zeros((2, 4), dtype=np.float32))
+    cost = {m: config_cost(full_scale_cfg(tmp_path, "ddm_dit_xl2_laion", feats, *extra))
+            for m, extra in (("top1", ["method.mixing=top1"]), ("top2", ["method.mixing=topk", "method.top_k=2"]),
+                             ("full", ["method.mixing=full"]))}
+    nfe = {m: c["gflops_per_nfe_torch"] for m, c in cost.items()}
+    expert = nfe["top2"] - nfe["top1"]                                   # one expert, cond + null caption branch
+    router = nfe["top1"] - expert
+    assert 500 < expert < 700 and 0 < router < 0.01 * expert             # DiT-XL/2 text: ~289 GFLOPs per forward
+    assert nfe["full"] == pytest.approx(router + 8 * expert, rel=1e-6)
+    for c in cost.values():
+        assert c["gflops_per_image_torch"] == pytest.approx(50 * c["gflops_per_nfe_torch"], rel=1e-9)
