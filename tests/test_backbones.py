@@ -30,7 +30,8 @@ SMALL = {
                      ((1, 8, 8), dict(expert={"name": "unet", "channels": 8, "channel_mult": [1, 2],
                                               "num_res_blocks": 1}, boundaries=[0.5]))],
 }
-NOT_VELOCITY = {"router": "outputs K cluster logits, not a velocity (tests/test_ddm.py covers it)"}
+NOT_VELOCITY = {"router": "outputs K cluster logits, not a velocity (tests/test_ddm.py covers it)",
+                "dit_router": "outputs K cluster logits, not a velocity (tests/test_ddm.py covers it)"}
 
 
 def backbone_node(option: str) -> dict:

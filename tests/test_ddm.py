@@ -567,7 +567,9 @@ def test_describe_counts_the_router_with_its_cluster_classes(tmp_path):
     finally:
         os.environ.pop("HARNESS_WORKDIR")
     rows = describe_experiment(cfg)["units"]
-    router = build_backbone(cfg["method"]["router_backbone"], (1, 28, 28), 5)
+    from harness.baselines.ddm import DEFAULT_ROUTER
+
+    router = build_backbone(cfg["method"]["router_backbone"] or DEFAULT_ROUTER, (1, 28, 28), 5)   # null: the default
     assert rows["router"]["params"] == sum(p.numel() for p in router.parameters())
     assert sorted(rows) == ["expert0", "expert1", "expert2", "expert3", "expert4", "router"]
 
@@ -648,7 +650,8 @@ def test_table3_and_figure4_rows_are_what_the_switch_config_logs(tmp_path):
 
 def test_full_scale_text_ddm_is_flop_counted_per_activated_expert(tmp_path):
     """Issue 20 item 4 (FLOP-counted): on the meta device, Top-1 / Top-2 / Full of the 8 text DiT-XL/2 experts cost
-    one router plus 1 / 2 / 8 guided experts per NFE (the experts are equal), and per image it is 50 NFE."""
+    the router plus 1 / 2 / 8 guided experts per NFE (the experts are equal), and per image it is 50 NFE.  The
+    router (Sec. 6.3's DiT-B/2, ~23 GMACs = ~46 torch GFLOPs a forward) runs in both CFG branches: ~92."""
     from harness.pipeline.cost import config_cost
 
     feats = tmp_path / "dinov2.npy"
@@ -659,7 +662,41 @@ def test_full_scale_text_ddm_is_flop_counted_per_activated_expert(tmp_path):
     nfe = {m: c["gflops_per_nfe_torch"] for m, c in cost.items()}
     expert = nfe["top2"] - nfe["top1"]                                   # one expert, cond + null caption branch
     router = nfe["top1"] - expert
-    assert 500 < expert < 700 and 0 < router < 0.01 * expert             # DiT-XL/2 text: ~289 GFLOPs per forward
+    assert 500 < expert < 700 and 80 < router < 105                      # DiT-XL/2 text: ~289 GFLOPs per forward
     assert nfe["full"] == pytest.approx(router + 8 * expert, rel=1e-6)
     for c in cost.values():
         assert c["gflops_per_image_torch"] == pytest.approx(50 * c["gflops_per_nfe_torch"], rel=1e-9)
+
+
+def test_dit_router_is_seed_003s_dit_b2_router_and_learns_clusters_from_x_t_alone():
+    """Sec. 6.3: a DiT-B/2 (12 blocks, 768 wide, 12 heads; the seed's 129M) on x_t and t only.  At that size it
+    counts 129.5M parameters; its logits ignore y and start uniform (zero head); a tiny one trained with the real
+    router_ce objective separates two clusters (bright vs dark images) at low noise."""
+    from harness.backbones.build import build_backbone
+    from harness.objectives.base import build_objective
+
+    with torch.device("meta"):
+        b2 = build_backbone({"name": "dit_router", "patch_size": 2, "hidden_size": 768, "depth": 12, "num_heads": 12},
+                            (4, 32, 32), 8)
+    assert sum(p.numel() for p in b2.parameters()) / 1e6 == pytest.approx(129.5, abs=0.1)
+    torch.manual_seed(0)
+    net = build_backbone({"name": "dit_router", "patch_size": 2, "hidden_size": 32, "depth": 2, "num_heads": 2},
+                         (1, 8, 8), 2)
+    x, t = torch.randn(4, 1, 8, 8), torch.rand(4)
+    assert torch.equal(net(x, t), torch.zeros(4, 2)) and torch.equal(net(x, t, torch.tensor([0, 1, 0, 1])), net(x, t))
+    ce = build_objective({"name": "router_ce"})
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        y = torch.randint(0, 2, (64,), generator=g)
+        x1 = (2.0 * y - 1.0)[:, None, None, None] + 0.3 * torch.randn(64, 1, 8, 8, generator=g)
+        loss = ce.loss(net, x1, torch.randn(64, 1, 8, 8, generator=g), 0.5 + 0.5 * torch.rand(64, generator=g), y).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    y = torch.arange(200) % 2
+    x1 = (2.0 * y - 1.0)[:, None, None, None] + 0.3 * torch.randn(200, 1, 8, 8, generator=g)
+    t = torch.full((200,), 0.9)
+    with torch.no_grad():
+        acc = (net(0.9 * x1 + 0.1 * torch.randn(200, 1, 8, 8, generator=g), t).argmax(1) == y).float().mean()
+    assert acc > 0.95, float(acc)

@@ -79,3 +79,46 @@ class Router(nn.Module):
             for block in self.stages:
                 h = block(h, act)
         return self.head(h)
+
+
+@register("backbone", "dit_router")
+class DiTRouter(nn.Module):
+    """Seed 003 Sec. 6.3's router: a DiT (DiT-B/2: 12 blocks, width 768, 12 heads, ~130M parameters) on the noisy
+    latent and the timestep only, trained from scratch, "without text conditioning"; its tokens, normalised and
+    modulated by the t-embedding as DiT's final layer does, are mean-pooled into logits over the K clusters.
+
+    The trunk is :class:`harness.backbones.dit.DiT` built unconditional (``num_classes=0``: the cluster labels the
+    router is trained on are never an input); its final layer is replaced by the pooled classification head.
+    """
+
+    def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, patch_size: int = 2, hidden_size: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, checkpointing: bool = False) -> None:
+        super().__init__()
+        from harness.backbones.dit import DiT, modulate
+
+        if num_classes < 2:
+            raise ConfigError(f"backbone (dit_router): needs data labelled by >= 2 clusters, got num_classes={num_classes}",
+                              hint="the router unit's data node must use labels: cluster and method.k >= 2")
+        self.trunk = DiT(in_shape=tuple(in_shape), num_classes=0, patch_size=patch_size, hidden_size=hidden_size,
+                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, checkpointing=checkpointing)
+        del self.trunk.final_layer                     # no velocity output: every parameter gets a gradient (DDP)
+        self._modulate = modulate
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.head = nn.Linear(hidden_size, num_classes)
+        for layer in (self.adaLN_modulation[-1], self.head):   # DiT's zero-init of its output path: uniform p(k) at init
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) -> logits (B, K); ``y`` is ignored (p(k | x_t, t) must not see the answer)."""
+        trunk, B = self.trunk, x.shape[0]
+        h = trunk.patchify(x)
+        c = trunk.condition(t, None, B)
+        c_blocks = trunk.block_condition(c)
+        ctx = {"c": c, "t": t, "y": None, "block": 0, "token_state": None, "text": None}
+        for i, block in enumerate(trunk.blocks):
+            ctx["block"] = i
+            h, _ = trunk.run_block(block, h, c_blocks, ctx)
+        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        return self.head(self._modulate(self.norm(h), shift, scale).mean(1))
