@@ -1,4 +1,5 @@
-"""MoE FFN overhead: training-step time of TC / EC / DiffMoE vs the dense FFN at equal activated parameters.
+"""MoE FFN overhead: training-step time of TC / EC / DiffMoE vs the dense FFN at matched activated parameters
+(one expert FFN per token, the dense FFN's size; the routers and the capacity predictor come on top).
 
 The four networks are the ``*_moe_mini_fmnist`` experiments' backbones (DiT width 128, depth 4,
 patch 4 on 28x28x1: 49 tokens per image; MoE with 4 experts in blocks 1 and 3, C_train = 1),

@@ -94,3 +94,12 @@ def test_harness_eval_never_trains_cbs_aux_model(tmp_path):
     assert not list(aux_unit(cfg).directory(cfg["paths"]["workdir"]).glob("ckpt_*"))
     run_experiment(cfg)                                               # trained by harness run ...
     assert evaluate_experiment(cfg)["units_trained"] == 0             # ... then scored without training
+
+
+def test_naive_split_and_cbs_default_to_the_same_number_of_experts(tmp_path):
+    """Seed 000 compares CBS with the uniform split at equal N (Tab. 1-3): the defaults must not differ (they were
+    N = 2 for naive_split, 3 for cbs, so `method=naive_split` vs `method=cbs` compared 2 experts with 3)."""
+    from tests.configs import load_in
+
+    naive, cbs = (load_in(tmp_path, f"method={m}")["method"]["n"] for m in ("naive_split", "cbs"))
+    assert naive == cbs

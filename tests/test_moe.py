@@ -1,6 +1,8 @@
 """MoE FFNs of seed 002: TC (token choice), EC (expert choice per sample), DiffMoE (global pool)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -570,3 +572,20 @@ def test_diffmoe_on_a_backbone_without_diffmoe_layers_is_a_config_error(override
     line = err.value.one_line()
     assert f"backbone={backbone}" in line and "backbone.ffn=diffmoe" in line and "method=monolithic" in line
     assert "\n" not in line
+
+
+def test_the_threshold_sweep_covers_every_threshold_of_table_10():
+    """Seed 002 Tab. 10 (interval search vs the dynamic threshold): each threshold it prints, the U-shaped minimum at
+    1e-3 and the small log-spaced values included, is a cell of sweeps/diffmoe_threshold.yaml (null = dynamic)."""
+    import yaml
+
+    from harness.sweep.spec import read_spec
+
+    root = Path(__file__).parents[1]
+    tables = yaml.safe_load((root / "results/paper/seed002_diffmoe.yaml").read_text())["tables"]
+    (t10,) = [t for t in tables if t.get("table") == "Table 10"]
+    paper = {e["match"]["method.threshold"] for e in t10["entries"] if e.get("match")}
+    cells = set(read_spec(root / "sweeps/diffmoe_threshold.yaml").grid["method.threshold"])
+    as_float = lambda v: None if v in (None, "null", "None") else float(v)   # noqa: E731
+    assert {as_float(v) for v in paper} - {as_float(v) for v in cells} == set()
+    assert len(paper) >= 20
