@@ -231,3 +231,13 @@ def test_real_slurm_two_task_job_trains_what_one_process_trains_and_resumes_afte
     b = load_checkpoint(spec.directory(tmp_path / "ref") / ref["checkpoint"])["model"]
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-4, rtol=1e-3), name
+
+
+def test_the_rendezvous_port_of_a_slurm_job_is_one_per_job_and_outside_the_ephemeral_range():
+    """Every task of a job derives the same port from SLURM_JOB_ID alone; never in Linux's ephemeral range
+    (32768-60999), where a busy node's outgoing connections took submitit's pick (EADDRINUSE seen in CI)."""
+    from harness.core.dist import master_port_for_job
+
+    ports = [master_port_for_job(str(j)) for j in range(2000)] + [master_port_for_job(f"{j}_3") for j in range(200)]
+    assert all(1024 < p < 32768 for p in ports)
+    assert master_port_for_job("4242") == master_port_for_job("4242") and len(set(ports)) > 1500

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import random
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -75,15 +76,24 @@ def enable_tf32(device: torch.device) -> None:
 def _slurm_env() -> dict[str, str]:
     """torch.distributed's env:// variables for a multi-task SLURM job, from SLURM's own (via submitit).
 
-    The master address is the first host of the job's node list; the port is derived from the job
-    id (submitit's TorchDistributedEnvironment), so every task of the job agrees without talking.
+    The master address is the first host of the job's node list; the port is derived from the job id, so
+    every task of the job agrees without talking.  submitit draws it from [20000, 60000], which overlaps
+    Linux's ephemeral range (32768-60999): on a busy node any outgoing connection or port-0 bind can hold
+    it, rank 0 then fails with EADDRINUSE and the other ranks wait for the whole rendezvous timeout (seen in
+    CI).  Ours comes from [20000, 32767], below that range; a MASTER_PORT set by the user wins.
     """
     from submitit.helpers import TorchDistributedEnvironment
 
     env = TorchDistributedEnvironment()
-    return {"MASTER_ADDR": env.master_addr, "MASTER_PORT": str(env.master_port), "RANK": str(env.rank),
+    port = os.environ.get("MASTER_PORT") or str(master_port_for_job(os.environ.get("SLURM_JOB_ID", "0")))
+    return {"MASTER_ADDR": env.master_addr, "MASTER_PORT": port, "RANK": str(env.rank),
             "WORLD_SIZE": str(env.world_size), "LOCAL_RANK": str(env.local_rank),
             "LOCAL_WORLD_SIZE": str(env.local_world_size)}
+
+
+def master_port_for_job(job_id: str) -> int:
+    """A rendezvous port every task of a SLURM job derives alike, outside the ephemeral port range."""
+    return random.Random(str(job_id)).randint(20000, 32767)
 
 
 def launched_world() -> int:
