@@ -94,7 +94,7 @@ class DiTRouter(nn.Module):
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, patch_size: int = 2, hidden_size: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, checkpointing: bool = False) -> None:
         super().__init__()
-        from harness.backbones.dit import DiT, modulate
+        from harness.backbones.dit import DiT, FinalLayer
 
         if num_classes < 2:
             raise ConfigError(f"backbone (dit_router): needs data labelled by >= 2 clusters, got num_classes={num_classes}",
@@ -102,11 +102,10 @@ class DiTRouter(nn.Module):
         self.trunk = DiT(in_shape=tuple(in_shape), num_classes=0, patch_size=patch_size, hidden_size=hidden_size,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, checkpointing=checkpointing)
         del self.trunk.final_layer                     # no velocity output: every parameter gets a gradient (DDP)
-        self._modulate = modulate
-        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-        self.head = nn.Linear(hidden_size, num_classes)
-        for layer in (self.adaLN_modulation[-1], self.head):   # DiT's zero-init of its output path: uniform p(k) at init
+        # DiT's final layer with K outputs per token; its linear map commutes with the token mean, so the mean of
+        # the per-token logits is the head applied to the pooled, t-modulated tokens
+        self.head = FinalLayer(hidden_size, num_classes)
+        for layer in (self.head.adaLN_modulation[-1], self.head.linear):   # DiT's zero-init: uniform p(k) at init
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -120,5 +119,4 @@ class DiTRouter(nn.Module):
         for i, block in enumerate(trunk.blocks):
             ctx["block"] = i
             h, _ = trunk.run_block(block, h, c_blocks, ctx)
-        shift, scale = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
-        return self.head(self._modulate(self.norm(h), shift, scale).mean(1))
+        return self.head(h, c).mean(1)
