@@ -119,3 +119,28 @@ def test_a_reported_sweep_resumes_on_a_fresh_machine_from_its_results_file(tmp_p
     assert second["stages"] == []                                    # nothing to run: every cell was imported
     assert not (tmp_path / "machine2" / "units").exists()
     assert Report(path).render() == report                           # the same report, byte for byte
+
+
+def test_per_t_curve_differences_are_the_per_seed_differences_at_each_t(tmp_path):
+    rng = np.random.default_rng(0)
+    curves = {(m, s): rng.normal(size=4).round(4).tolist() for m in ("naive_split", "cbs") for s in range(3)}
+    cells = _cells({"naive_split": [1, 2, 3], "cbs": [1, 1.5, 2.5]})
+    for c in cells.values():
+        c["protocol"]["heldout_fm_per_t"] = curves[(c["keys"]["method.name"], c["keys"]["train.seed"])]
+        c["method"] = {"boundaries": [0.4, 0.77] if c["keys"]["method.name"] == "cbs" else [1 / 3, 2 / 3]}
+    write_results(tmp_path / "cells.json", "s", [], cells)
+    spec = _spec(tmp_path, curve={"protocol": "heldout_fm_per_t", "differences": [["cbs", "naive_split"]]})
+    text = Report(spec).render()
+    row = next(line for line in text.splitlines() if line.startswith("| cbs − naive_split | 3 | ")).strip(" |").split(" | ")
+    assert [r.split(" ± ")[0] for r in row[2:]] == [
+        f"{np.mean([curves['cbs', s][k] - curves['naive_split', s][k] for s in range(3)]):+.3g}" for k in range(4)]
+    assert "| paired difference | pairs | t=0.125 | t=0.375 | t=0.625 | t=0.875 |" in text   # midpoints of 4 bins
+    made = write_report(spec)
+    assert [p.name for p in made] == ["rep.md", "rep_curve.png"] and made[1].read_bytes()[:4] == b"\x89PNG"
+
+    del cells["cbs1"]["protocol"]["heldout_fm_per_t"]
+    write_results(tmp_path / "cells.json", "s", [], cells)
+    with pytest.raises(ConfigError, match=r"cells.json: cell method.name=cbs train.seed=1: protocol.heldout_fm_per_t missing"):
+        Report(spec)
+    with pytest.raises(ConfigError, match=r"report.curve: expected \{protocol"):
+        Report(_spec(tmp_path, curve={"protocol": "heldout_fm_per_t"}))

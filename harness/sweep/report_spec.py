@@ -22,6 +22,9 @@ long reproduction resumes on a fresh one without re-running what finished.  Form
       plot: {x: method.n, hue: method.name, metric: velocity_mse_exact}   # optional PNG: metric (mean ± 95 % CI)
                                      # vs x, one line per hue value (default: rows); cells without x: dashed lines;
                                      # series: {row value: line name} joins rows into one line (cbs2, cbs3 -> CBS)
+      curve: {protocol: heldout_fm_per_t, differences: [[cbs3, naive3]]}   # optional: a per-t curve each cell
+                                     # logs in its protocol (midpoint t), as paired differences over t (mean ± 95 %
+                                     # CI) in a table and OUT_curve.png, with each row's boundaries drawn
       reading: results/reproduced/cbs_gmm_capacity.reading.md   # optional text appended as "Reading"
 
 Paths are relative to the directory ``harness`` runs in (the repository root), as ``paths.workdir`` is.
@@ -35,7 +38,7 @@ from harness.core.errors import ConfigError
 from harness.core.registry import suggest
 
 REPORT_KEYS = ("out", "results", "title", "effect", "rows", "labels", "group", "pair_by", "metrics", "direction",
-               "differences", "columns", "paper", "plot", "reading")
+               "differences", "columns", "paper", "plot", "curve", "reading")
 REQUIRED = ("out", "rows", "metrics")
 
 
@@ -70,6 +73,16 @@ def check_report(path: Path | str, sweep_name: str, raw: Any) -> Optional[dict[s
         raise ConfigError(f"{where}.pair_by: missing", hint="paired differences need the key that pairs cells, e.g. train.seed")
     if rep.get("plot") is not None and not (isinstance(rep["plot"], Mapping) and "x" in rep["plot"]):
         raise ConfigError(f"{where}.plot: expected a mapping with x (a config key), got {rep['plot']!r}")
+    curve = rep.get("curve")
+    if curve is not None:
+        pairs = curve.get("differences") if isinstance(curve, Mapping) else None
+        if not (isinstance(curve, Mapping) and isinstance(curve.get("protocol"), str) and isinstance(pairs, list)
+                and pairs and all(isinstance(d, (list, tuple)) and len(d) == 2 for d in pairs)):
+            raise ConfigError(f"{where}.curve: expected {{protocol: <per-t protocol key>, differences: [[row, row], ...]}}, "
+                              f"got {curve!r}")
+        if not rep.get("pair_by"):
+            raise ConfigError(f"{where}.pair_by: missing", hint="curve differences need the key that pairs cells")
+        rep["curve"] = {"protocol": curve["protocol"], "differences": [[str(a), str(b)] for a, b in pairs]}
     return rep
 
 

@@ -82,11 +82,21 @@ class Report:
                 raise ConfigError(f"{self.file}: report.{where}: no cell has key {key!r}",
                                   hint=f"keys the cells carry: {', '.join(sorted({k for c in self.cells for k in c.get('keys', {})}))}")
         rows = {str(_cell_value(c, rep["rows"])) for c in self.cells}
-        for a, b in rep["differences"]:
+        curve_pairs = [("curve.differences", d) for d in (rep["curve"]["differences"] if rep.get("curve") else [])]
+        for where, (a, b) in [*(("differences", d) for d in rep["differences"]), *curve_pairs]:
             for side in (a, b):
                 if side not in rows:
-                    raise ConfigError(f"{self.file}: report.differences: no cell has {rep['rows']}={side}",
+                    raise ConfigError(f"{self.file}: report.{where}: no cell has {rep['rows']}={side}",
                                       hint=f"rows present: {', '.join(sorted(rows))}")
+        if rep.get("curve"):
+            key = rep["curve"]["protocol"]
+            bad = next((c for c in self.cells if not isinstance(c.get("protocol", {}).get(key), list)), None)
+            if bad is not None:
+                raise ConfigError(f"{self.results}: cell {self._label(bad)}: protocol.{key} missing (report.curve.protocol)",
+                                  hint=f"its protocol keys: {', '.join(sorted(bad.get('protocol', {})))}; re-run the cell")
+            if len({len(c["protocol"][key]) for c in self.cells}) > 1:
+                raise ConfigError(f"{self.results}: protocol.{key} has different lengths between cells",
+                                  hint="cells were scored on different t grids: re-run them under one protocol")
 
     def _metric(self, wanted: str) -> str:
         names = {metric_name(c.get("metrics", {}), wanted) for c in self.cells}
@@ -154,6 +164,8 @@ class Report:
             lines += self._rows_table(cells) + [""]
             if rep["differences"]:
                 lines += self._diff_table(cells) + [""]
+        if rep.get("curve"):
+            lines += self._curve_lines() + [""]
         if rep.get("reading"):
             path = Path(str(rep["reading"]))
             text = path.read_text().strip() if path.exists() else f"_(missing: {path.as_posix()})_"
@@ -223,6 +235,72 @@ class Report:
             label = f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}"
             out.append("| " + " | ".join([label, *cols, str(n), f"{wins}/{n}"]) + " |")
         return out
+
+    # ------------------------------------------------------------------ the per-t curve
+    def curve_differences(self) -> tuple[list[float], list[tuple[str, list[tuple[float, Optional[float]]], int]]]:
+        """Midpoint t and, per ``curve.differences`` pair, the paired difference at each t: [(mean, 95 % half-width)]."""
+        key = self.rep["curve"]["protocol"]
+        n_t = len(self.cells[0]["protocol"][key])
+        ts = [(k + 0.5) / n_t for k in range(n_t)]
+        out = []
+
+        def by_pair(row: str) -> dict[Any, list[float]]:
+            return {_cell_value(c, self.rep["pair_by"]): [float(v) for v in c["protocol"][key]]
+                    for c in self.cells if str(_cell_value(c, self.rep["rows"])) == row}
+
+        for a, b in self.rep["curve"]["differences"]:
+            ca, cb = by_pair(a), by_pair(b)
+            common = sorted(set(ca) & set(cb), key=lambda s: _sort_key(_value_text(s)))
+            stats = [ci95([ca[s][k] - cb[s][k] for s in common]) if common else (None, None) for k in range(n_t)]
+            out.append((f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}", stats, len(common)))
+        return ts, out
+
+    def _curve_lines(self) -> list[str]:
+        key = self.rep["curve"]["protocol"]
+        ts, diffs = self.curve_differences()
+        name = Path(str(self.rep["out"])).name + "_curve.png"
+        lines = ["## Per-t paired differences", "",
+                 f"`protocol.{key}` at midpoint t, paired by `{self.rep['pair_by']}` (mean ± 95 % CI); picture: "
+                 f"[{name}]({name}), with each row's boundaries.", ""]
+        head = ["paired difference", "pairs", *(f"t={t:.3g}" for t in ts)]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for label, stats, n in diffs:
+            cells = ["–" if m is None else f"{m:+.3g}" + ("" if h is None else f" ± {h:.2g}") for m, h in stats]
+            lines.append("| " + " | ".join([label, str(n), *cells]) + " |")
+        return lines
+
+    def curve_plot(self, path: Path) -> Optional[Path]:
+        """Per-t paired differences (mean ± 95 % CI) with the compared rows' boundaries as vertical lines."""
+        if not self.rep.get("curve"):
+            return None
+        import textwrap
+
+        from harness.core.figures import pyplot, save_png
+
+        ts, diffs = self.curve_differences()
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        drawn: set = set()
+        for i, ((label, stats, n), (a, b)) in enumerate(zip(diffs, self.rep["curve"]["differences"])):
+            color = f"C{i % 10}"
+            ax.errorbar(ts, [m if m is not None else math.nan for m, _ in stats], yerr=[h or 0.0 for _, h in stats],
+                        marker="o", markersize=3, capsize=2, color=color, label=f"{label} ({n} pairs)")
+            for j, row in enumerate((a, b)):
+                for c in self.cells:
+                    bounds = _cell_value(c, "method.boundaries")
+                    if str(_cell_value(c, self.rep["rows"])) != row or not isinstance(bounds, list):
+                        continue
+                    for x in bounds:
+                        if (row, round(float(x), 3)) not in drawn:
+                            drawn.add((row, round(float(x), 3)))
+                            ax.axvline(float(x), color=color, alpha=0.5, linewidth=1, linestyle="-" if j == 0 else ":")
+        ax.set_xlabel("t (0 = noise, 1 = data); vertical lines: boundaries (solid first row, dotted second)")
+        ax.set_ylabel(f"paired difference of\n{self.rep['curve']['protocol']}")
+        ax.set_xlim(0, 1)
+        ax.set_title("\n".join(textwrap.wrap(self.rep["title"], 70)), fontsize=8)
+        ax.legend(fontsize=7)
+        return save_png(fig, path)
 
     # ------------------------------------------------------------------ the picture
     def plot(self, path: Path) -> Optional[Path]:
@@ -294,4 +372,7 @@ def write_report(sweep_file: Path | str) -> list[Path]:
     png = report.plot(out.with_suffix(".png"))
     if png:
         made.append(png)
+    curve = report.curve_plot(out.with_name(out.name + "_curve.png"))
+    if curve:
+        made.append(curve)
     return made
