@@ -70,6 +70,15 @@ def _kill(procs: dict[int, str]) -> None:
         os.kill(p, signal.SIGKILL)
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to the default, so Python installs its Ctrl-C handler.
+
+    A shell starts background commands with SIGINT ignored, and Python keeps an ignored SIGINT ignored: a test
+    session launched with ``&`` (a CI wrapper, ``nohup``) would otherwise send SIGINT to a child that cannot see it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_until(ready: Callable[[], bool], proc: Optional[subprocess.Popen], timeout_s: float, what: str,
                log: Optional[Path] = None) -> None:
     deadline = time.time() + timeout_s
@@ -94,7 +103,7 @@ def _healthy(port: int) -> bool:
 def _stop_ui(cmd: list[str], port: int, sig: int, log: Path) -> None:
     """Start `harness ui`, signal it once it answers, check it stopped its server group and freed the port."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
     server: dict[int, str] = {}
     try:
         wait_until(lambda: _healthy(port), proc, 240, "/health answer", log)
@@ -150,7 +159,8 @@ def _unit_locks_held(workdir: Path) -> list[Path]:
 def test_a_signal_to_run_checkpoints_ends_its_runs_killed_and_a_rerun_resumes(workdir, tmp_path, sig):
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([HARNESS, "run", *TRAIN], stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([HARNESS, "run", *TRAIN], stdout=out, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=_default_sigint)
     children: dict[int, str] = {}
     try:
         wait_until(lambda: bool(_checkpoints(workdir)), proc, 240, "unit checkpoint", log)
@@ -208,7 +218,8 @@ def _sweep_cmd(path: Path, launcher: str = "local") -> list[str]:
 def test_a_stopped_local_sweep_stops_its_jobs_and_a_rerun_resumes_them(workdir, tmp_path, how):
     path, log = _sweep_file(tmp_path), tmp_path / "sweep.log"
     with open(log, "w") as out:   # its own session, as a shell starts a foreground job in its own process group
-        proc = subprocess.Popen(_sweep_cmd(path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(_sweep_cmd(path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_sigint)
     jobs: dict[int, str] = {}
     try:
         wait_until(lambda: _both_units_training(workdir), proc, 300, "checkpoint of both cells' units", log)
@@ -264,7 +275,7 @@ def test_a_detached_sweep_stops_cleanly_on_sigterm_to_its_driver_pid(workdir, tm
 def test_sigterm_to_a_debug_sweep_stops_in_process_and_records_no_failure(workdir, tmp_path):
     path, log = _sweep_file(tmp_path), tmp_path / "sweep.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_sweep_cmd(path, "debug"), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_sweep_cmd(path, "debug"), stdout=out, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
     try:
         wait_until(lambda: bool(_checkpoints(workdir)), proc, 240, "unit checkpoint", log)
         proc.send_signal(signal.SIGTERM)
