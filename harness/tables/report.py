@@ -255,10 +255,15 @@ class Report:
             out.append((f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}", stats, len(common)))
         return ts, out
 
+    def curve_path(self) -> Path:
+        """``OUT_curve.png``: where :meth:`curve_plot` writes and what the report links to."""
+        out = Path(str(self.rep["out"]))
+        return out.with_name(out.name + "_curve.png")
+
     def _curve_lines(self) -> list[str]:
         key = self.rep["curve"]["protocol"]
         ts, diffs = self.curve_differences()
-        name = Path(str(self.rep["out"])).name + "_curve.png"
+        name = self.curve_path().name
         lines = ["## Per-t paired differences", "",
                  f"`protocol.{key}` at midpoint t, paired by `{self.rep['pair_by']}` (mean ± 95 % CI); picture: "
                  f"[{name}]({name}), with each row's boundaries.", ""]
@@ -372,7 +377,7 @@ def write_report(sweep_file: Path | str) -> list[Path]:
     png = report.plot(out.with_suffix(".png"))
     if png:
         made.append(png)
-    curve = report.curve_plot(out.with_name(out.name + "_curve.png"))
+    curve = report.curve_plot(report.curve_path())
     if curve:
         made.append(curve)
     return made
