@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import faulthandler
+import gc
 import os
 import random
 from typing import Any, Iterator, Sequence
@@ -119,6 +121,10 @@ def init_from_env(timeout_s: float = 1800.0) -> int:
         return 1
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(_slurm_env())
+    # a rank that dies in C++ (SIGABRT, SIGSEGV) prints every Python thread's stack to its stderr, which
+    # torchrun and srun keep per rank: without it the job log shows only "exitcode: -6"
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
@@ -127,8 +133,17 @@ def init_from_env(timeout_s: float = 1800.0) -> int:
 
 
 def shutdown() -> None:
+    """Leave the process group while the interpreter is fully alive.
+
+    Objects that hold the group (DDP wrappers, their reducers and finished works) are collected
+    first, so their C++ destructors run now and not during interpreter finalization, where a
+    destructor that needs the GIL aborts the process ("terminate called without an active
+    exception", exit code -6 under torchrun; pytorch/pytorch#179291 describes the mechanism).
+    """
     if is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
+        gc.collect()
 
 
 def barrier() -> None:
