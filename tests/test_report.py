@@ -58,6 +58,26 @@ def test_rendering_is_byte_for_byte_repeatable_and_writes_md_and_png(tmp_path):
     assert first == second and len(first) == 2 and first[1][:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_grouped_report_plots_one_panel_per_group_and_never_pools_the_groups(tmp_path):
+    """Cells of different groups are different models (guidance_fmnist: routing-trained vs dense twin):
+    each panel's points are its own group's seed means, not a mean over both groups."""
+    cells = {}
+    for gamma, shift in ((0.0, 0.0), (0.5, 10.0)):
+        for m, scale, vs in (("cfg_w1.5", 1.5, [1.0, 2.0]), ("cfg_w2.5", 2.5, [3.0, 5.0])):
+            for s, v in enumerate(vs):
+                cells[f"{m}{gamma}{s}"] = {"keys": {"method.name": m, "gamma": gamma, "scale": scale, "train.seed": s},
+                                           "metrics": {"fd_raw_200": v + shift}, "protocol": dict(PROTO), "cost": {},
+                                           "method": {}, "seconds": 1.0}
+    write_results(tmp_path / "cells.json", "s", [], cells)
+    rep = Report(_spec(tmp_path, group=["gamma"], differences=[], plot={"x": "scale", "series": {"cfg_w1.5": "CFG", "cfg_w2.5": "CFG"}}))
+    fig = rep.figure()
+    assert len(fig.axes) == 2
+    for ax, shift in zip(fig.axes, (0.0, 10.0)):
+        (line,) = [c.lines[0] for c in ax.containers]   # the one errorbar series: CFG over omega
+        assert list(line.get_xdata()) == [1.5, 2.5]
+        assert list(line.get_ydata()) == [1.5 + shift, 4.0 + shift]
+
+
 def test_cells_under_different_extractor_weights_are_refused(tmp_path):
     cells = _cells({"naive_split": [1, 2], "cbs": [1, 2]})
     cells["cbs1"]["protocol"]["weights_sha256"] = "other"

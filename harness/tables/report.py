@@ -313,50 +313,75 @@ class Report:
         ``plot.series`` maps row values to line names, e.g. cbs2, cbs3, cbs4 -> "CBS").
 
         Cells without a value for ``x`` (a monolithic baseline has no ``method.n``) are drawn as dashed
-        horizontal lines, so a baseline stays visible beside the curves.  None without ``plot:``.
+        horizontal lines, so a baseline stays visible beside the curves.  A report with ``group:`` gets one
+        panel per group (shared y axis, one colour per line across panels): cells of different groups are
+        different models and never pooled into one mean.  None without ``plot:``.
         """
+        from harness.core.figures import save_png
+
+        fig = self.figure()
+        return None if fig is None else save_png(fig, path)
+
+    def figure(self):
+        """The matplotlib figure :meth:`plot` saves (None without ``plot:``)."""
         spec = self.rep.get("plot")
         if not spec:
             return None
         import textwrap
 
-        from harness.core.figures import pyplot, save_png
+        from harness.core.figures import pyplot
 
         metric = self._metric(str(spec.get("metric", self.rep["metrics"][0])))
         x_key, hue_key = str(spec["x"]), str(spec.get("hue") or self.rep["rows"])
-        series: dict[str, dict[Any, list[float]]] = {}
         names = {str(k): str(v) for k, v in (spec.get("series") or {}).items()}   # row value -> series label
-        for c in self.cells:
-            hue = _value_text(_cell_value(c, hue_key))
-            hue = names.get(hue, hue) if names else hue
-            series.setdefault(hue, {}).setdefault(_cell_value(c, x_key), []).append(float(c["metrics"][metric]))
-        xs_all = sorted({x for by_x in series.values() for x in by_x if x is not None}, key=lambda v: _sort_key(_value_text(v)))
+
+        def series_of(cells) -> dict[str, dict[Any, list[float]]]:
+            series: dict[str, dict[Any, list[float]]] = {}
+            for c in cells:
+                hue = _value_text(_cell_value(c, hue_key))
+                hue = names.get(hue, hue) if names else hue
+                series.setdefault(hue, {}).setdefault(_cell_value(c, x_key), []).append(float(c["metrics"][metric]))
+            return series
+
+        everything = series_of(self.cells)
+        colours = {hue: f"C{i % 10}" for i, hue in enumerate(sorted(everything, key=_sort_key))}
+        xs_all = sorted({x for by_x in everything.values() for x in by_x if x is not None},
+                        key=lambda v: _sort_key(_value_text(v)))
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs_all)
         where = {x: (float(x) if numeric else i) for i, x in enumerate(xs_all)}
+        panels = self.groups() if self.rep["group"] else [((), self.cells)]
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
-        for i, hue in enumerate(sorted(series, key=_sort_key)):
-            by_x, color = series[hue], f"C{i % 10}"
-            label = self.rep["labels"].get(hue, hue)
-            if None in by_x:
-                mean, half = ci95(by_x[None])
-                ax.axhline(mean, linestyle="--", linewidth=1, color=color, label=f"{label} (no {x_key})")
-                if half:
-                    ax.axhspan(mean - half, mean + half, color=color, alpha=0.12)
-            xs = [x for x in xs_all if x in by_x]
-            if xs:
-                stats = [ci95(by_x[x]) for x in xs]
-                ax.errorbar([where[x] for x in xs], [m for m, _ in stats], yerr=[h or 0.0 for _, h in stats],
-                            marker="o", capsize=3, color=color, label=label)
-        if numeric and all(float(x).is_integer() for x in xs_all):
-            ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all])
-        if not numeric:
-            ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all], rotation=30, ha="right")
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(f"{metric}\n(mean ± 95 % CI over {self.rep.get('pair_by') or 'cells'})")
-        ax.set_title("\n".join(textwrap.wrap(self.rep["title"], 70)), fontsize=8)
-        ax.legend(fontsize=7)
-        return save_png(fig, path)
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.0 if len(panels) == 1 else 4.6 * len(panels), 3.8),
+                                 dpi=110, sharey=True, squeeze=False)
+        for ax, (group, cells) in zip(axes[0], panels):
+            series = series_of(cells)
+            for hue in sorted(series, key=_sort_key):
+                by_x, color = series[hue], colours[hue]
+                label = self.rep["labels"].get(hue, hue)
+                if None in by_x:
+                    mean, half = ci95(by_x[None])
+                    ax.axhline(mean, linestyle="--", linewidth=1, color=color, label=f"{label} (no {x_key})")
+                    if half:
+                        ax.axhspan(mean - half, mean + half, color=color, alpha=0.12)
+                xs = [x for x in xs_all if x in by_x]
+                if xs:
+                    stats = [ci95(by_x[x]) for x in xs]
+                    ax.errorbar([where[x] for x in xs], [m for m, _ in stats], yerr=[h or 0.0 for _, h in stats],
+                                marker="o", capsize=3, color=color, label=label)
+            if numeric and all(float(x).is_integer() for x in xs_all):
+                ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all])
+            if not numeric:
+                ax.set_xticks([where[x] for x in xs_all], [_value_text(x) for x in xs_all], rotation=30, ha="right")
+            ax.set_xlabel(x_key)
+            if group:
+                ax.set_title(", ".join(f"{k} = {v}" for k, v in zip(self.rep["group"], group)), fontsize=8)
+            ax.legend(fontsize=6 if len(panels) > 1 else 7)
+        axes[0][0].set_ylabel(f"{metric}\n(mean ± 95 % CI over {self.rep.get('pair_by') or 'cells'})")
+        if len(panels) == 1 and not self.rep["group"]:
+            axes[0][0].set_title("\n".join(textwrap.wrap(self.rep["title"], 70)), fontsize=8)
+        else:
+            fig.suptitle("\n".join(textwrap.wrap(self.rep["title"], 110)), fontsize=8)
+        return fig
 
 
 def _sort_key(text: Any) -> tuple:
