@@ -135,6 +135,19 @@ def test_a_reported_sweep_resumes_on_a_fresh_machine_from_its_results_file(tmp_p
     # a fresh machine: another workdir, nothing trained; only the committed results file travels
     monkeypatch.setenv("HARNESS_WORKDIR", str(tmp_path / "machine2"))
     shutil.rmtree(tmp_path / "machine1")
+    # its dry run shows the plan the real run makes (nothing to run) and writes no state
+    dry = run_sweep(path, launcher="debug", dry_run=True, echo=lambda *a: None)
+    assert dry["stages"] == [] and set(dry["before"].values()) == {"finished"}
+    assert not (tmp_path / "machine2" / "sweeps").exists()
+    # with one cell dropped from the file, the dry run plans exactly that cell
+    dropped = sorted(exported)[0]
+    one_less = {k: v for k, v in exported.items() if k != dropped}
+    write_results(tmp_path / "one_less.json", "tiny_report", spec["base"], one_less)
+    spec2 = dict(spec, report=dict(spec["report"], results=str(tmp_path / "one_less.json")))
+    (tmp_path / "tiny2.yaml").write_text(json.dumps(spec2))
+    dry2 = run_sweep(tmp_path / "tiny2.yaml", launcher="debug", dry_run=True, echo=lambda *a: None)
+    planned = [t.cell_id for st in dry2["stages"] if st.name == "evaluate" for t in st.tasks]
+    assert planned == [dropped]
     second = run_sweep(path, launcher="debug", echo=lambda *a: None)
     assert second["stages"] == []                                    # nothing to run: every cell was imported
     assert not (tmp_path / "machine2" / "units").exists()

@@ -124,6 +124,15 @@ def export_cells(sweep) -> Optional[Path]:
         return write_results(path, sweep.spec.name, sweep.spec.base, cells)
 
 
+def finished_in_results(sweep) -> frozenset[str]:
+    """Ids of this sweep's cells that its committed results file holds (what a real run would import)."""
+    rep = sweep.spec.report
+    if not rep:
+        return frozenset()
+    exported = read_results(results_path(rep))
+    return frozenset(c.id for c in sweep.cells if c.id in exported)
+
+
 def import_cells(sweep) -> int:
     """Mark cells found in the results file finished in this machine's sweep state; returns how many."""
     rep = sweep.spec.report

@@ -23,7 +23,7 @@ from harness.pipeline.training import end_status
 from harness.sweep import state
 from harness.sweep.load import Sweep, load_sweep, sweep_run
 from harness.sweep.progress import SweepProgress
-from harness.sweep.results import export_cells, import_cells, sweep_record_report
+from harness.sweep.results import export_cells, finished_in_results, import_cells, sweep_record_report
 from harness.sweep.search import run_search
 from harness.sweep.spec import Cell
 from harness.sweep.summary import finish_summary
@@ -40,9 +40,11 @@ def _units_or_none(cfg: dict[str, Any]):
 
 
 def plan(sweep: Sweep, *, force: bool = False, rerun_failed: bool = False,
-         sweep_run_id: Optional[str] = None) -> tuple[list[Stage], dict[str, str]]:
+         sweep_run_id: Optional[str] = None, finished: frozenset[str] = frozenset()) -> tuple[list[Stage], dict[str, str]]:
     """Stages for the unfinished cells, and each cell's state before this run (finished/failed/...).
 
+    ``finished``: ids of cells finished elsewhere (the committed results file), for a dry run that must
+    not write their import into this machine's state but must show the same plan a real run makes.
     Finished cells are skipped (``force`` re-evaluates them; their units are still reused by hash);
     failed cells are skipped unless ``rerun_failed`` or ``force``; a cell another process is running
     is left to it.  A unit shared by several cells, or already trained, gets no task of its own.
@@ -52,7 +54,7 @@ def plan(sweep: Sweep, *, force: bool = False, rerun_failed: bool = False,
     seen: set[str] = set()
     sdir = str(sweep.dir)
     for cell in sweep.cells:
-        st = state.cell_state(sweep.dir, cell.id)
+        st = "finished" if cell.id in finished and not force else state.cell_state(sweep.dir, cell.id)
         before[cell.id] = st
         if st == "running" or (st == "finished" and not force) or (st == "failed" and not (rerun_failed or force)):
             continue
@@ -106,8 +108,11 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
     if sweep.spec.optuna:
         return run_search(sweep, launch, dry_run=dry_run, echo=echo)
     if dry_run:
-        stages, before = plan(sweep, force=force, rerun_failed=rerun_failed)
+        done = finished_in_results(sweep)
+        stages, before = plan(sweep, force=force, rerun_failed=rerun_failed, finished=done)
         echo(f"sweep {sweep.spec.name}: {len(sweep.cells)} cell(s) valid; state dir {sweep.dir}")
+        if done and not force:
+            echo(f"{len(done)} cell(s) finished in {sweep.spec.report['results']}: not run again")
         for source in sorted({str(c.delta["source"]) for c in sweep.cells if "source" in c.delta}):
             echo(f"derive: base boundaries from {source}")
         echo(launch.dry_run(stages, sweep.dir))
