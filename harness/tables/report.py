@@ -377,7 +377,7 @@ class Report:
                 ax.set_title(", ".join(f"{k} = {v}" for k, v in zip(self.rep["group"], group)), fontsize=8)
             ax.legend(fontsize=6 if len(panels) > 1 else 7)
         axes[0][0].set_ylabel(f"{metric}\n(mean ± 95 % CI over {self.rep.get('pair_by') or 'cells'})")
-        if len(panels) == 1 and not self.rep["group"]:
+        if not self.rep["group"]:
             axes[0][0].set_title("\n".join(textwrap.wrap(self.rep["title"], 70)), fontsize=8)
         else:
             fig.suptitle("\n".join(textwrap.wrap(self.rep["title"], 110)), fontsize=8)
