@@ -78,6 +78,33 @@ def test_a_grouped_report_plots_one_panel_per_group_and_never_pools_the_groups(t
         assert list(line.get_ydata()) == [1.5 + shift, 4.0 + shift]
 
 
+def test_an_interaction_is_the_per_seed_difference_of_the_two_groups_paired_differences(tmp_path):
+    """Seed 004's premise as one number: (cfg − none on the routing model) − (cfg − none on the dense twin),
+    per seed, absolute and relative to each group's own baseline; pairs only seeds present in all four cells."""
+    fd = {(0.5, "none"): [10.0, 12.0, 11.0], (0.5, "cfg"): [9.8, 12.1, 10.5],
+          (0.0, "none"): [8.0, 9.0, 8.5], (0.0, "cfg"): [7.0, 8.4, 7.9, 7.7]}   # the dense cfg has a 4th seed
+    cells = {f"{m}{g}{s}": {"keys": {"method.name": m, "gamma": g, "train.seed": s}, "metrics": {"fd_raw_200": v},
+                            "protocol": dict(PROTO), "cost": {}, "method": {}, "seconds": 1.0}
+             for (g, m), vs in fd.items() for s, v in enumerate(vs)}
+    write_results(tmp_path / "cells.json", "s", [], cells)
+    rep = Report(_spec(tmp_path, group=["gamma"], differences=[["cfg", "none"]],
+                       interactions=[{"difference": ["cfg", "none"], "groups": ["0.5", 0]}]))
+    absolute, relative = rep.interaction(rep.rep["interactions"][0], "fd_raw_200")
+    d_sparse = np.subtract(fd[(0.5, "cfg")], fd[(0.5, "none")])
+    d_dense = np.subtract(fd[(0.0, "cfg")][:3], fd[(0.0, "none")])
+    np.testing.assert_allclose(absolute, d_sparse - d_dense)
+    np.testing.assert_allclose(relative, 100 * (d_sparse / fd[(0.5, "none")] - d_dense / fd[(0.0, "none")]))
+    row = next(line for line in rep.render().splitlines() if line.startswith("| (cfg − none) at gamma = 0.5 − at gamma = 0"))
+    x = d_sparse - d_dense
+    half = stats.t.ppf(0.975, 2) * x.std(ddof=1) / np.sqrt(3)
+    assert f"{x.mean():+.4g} ± {half:.2g}" in row and row.rstrip(" |").endswith(f"{int((x < 0).sum())}/3")
+    with pytest.raises(ConfigError, match=r"sweep.yaml: report.interactions\[0\].groups: no cell has gamma=0.25"):
+        Report(_spec(tmp_path, group=["gamma"], differences=[],
+                     interactions=[{"difference": ["cfg", "none"], "groups": [0.5, 0.25]}]))
+    with pytest.raises(ConfigError, match=r"report.interactions: needs group: and pair_by:"):
+        Report(_spec(tmp_path, differences=[], interactions=[{"difference": ["cfg", "none"], "groups": [0.5, 0]}]))
+
+
 def test_cells_under_different_extractor_weights_are_refused(tmp_path):
     cells = _cells({"naive_split": [1, 2], "cbs": [1, 2]})
     cells["cbs1"]["protocol"]["weights_sha256"] = "other"

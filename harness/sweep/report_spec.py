@@ -17,6 +17,9 @@ long reproduction resumes on a fresh one without re-running what finished.  Form
       metrics: [velocity_mse_exact, nll_true]   # metric names or prefixes (fd -> fd_raw_2k); the first is primary
       direction: minimize            # minimize | maximize (for "seeds where first is better")
       differences: [[cbs, naive_split], [cbs, monolithic]]   # row values, compared within a group
+      interactions:                  # optional: a difference of differences between two groups, paired by pair_by
+        - {difference: [cfg, none], groups: ["0.5", "0"]}   # (cfg − none in group 0.5) − (cfg − none in group 0)
+                                     # groups: the group values (a list per group when group: has several keys)
       columns: {boundaries: method.boundaries}   # extra columns: header -> config key, metrics.X or cost.X
       paper: "seed 000 Tab. 1 (SiT-B/2, N = 3): CBS − naive = −8.1 FID (58.97 → 50.87, −13.7 %)"
       plot: {x: method.n, hue: method.name, metric: velocity_mse_exact}   # optional PNG: metric (mean ± 95 % CI)
@@ -38,7 +41,7 @@ from harness.core.errors import ConfigError
 from harness.core.registry import suggest
 
 REPORT_KEYS = ("out", "results", "title", "effect", "rows", "labels", "group", "pair_by", "metrics", "direction",
-               "differences", "columns", "paper", "plot", "curve", "reading")
+               "differences", "interactions", "columns", "paper", "plot", "curve", "reading")
 REQUIRED = ("out", "rows", "metrics")
 
 
@@ -71,6 +74,10 @@ def check_report(path: Path | str, sweep_name: str, raw: Any) -> Optional[dict[s
     rep["differences"] = [[str(a), str(b)] for a, b in diffs]
     if rep["differences"] and not rep.get("pair_by"):
         raise ConfigError(f"{where}.pair_by: missing", hint="paired differences need the key that pairs cells, e.g. train.seed")
+    if rep.get("interactions") and not (rep["group"] and rep.get("pair_by")):
+        raise ConfigError(f"{where}.interactions: needs group: and pair_by:",
+                          hint="an interaction compares one paired difference between two groups of the same seeds")
+    rep["interactions"] = [_interaction(where, i, x, len(rep["group"])) for i, x in enumerate(rep.get("interactions") or [])]
     if rep.get("plot") is not None and not (isinstance(rep["plot"], Mapping) and "x" in rep["plot"]):
         raise ConfigError(f"{where}.plot: expected a mapping with x (a config key), got {rep['plot']!r}")
     curve = rep.get("curve")
@@ -84,6 +91,23 @@ def check_report(path: Path | str, sweep_name: str, raw: Any) -> Optional[dict[s
             raise ConfigError(f"{where}.pair_by: missing", hint="curve differences need the key that pairs cells")
         rep["curve"] = {"protocol": curve["protocol"], "differences": [[str(a), str(b)] for a, b in pairs]}
     return rep
+
+
+def _interaction(where: str, i: int, raw: Any, n_group_keys: int) -> dict[str, Any]:
+    """One ``interactions`` entry as {difference: [row, row], groups: [[value, ...], [value, ...]]}."""
+    here = f"{where}.interactions[{i}]"
+    example = '{difference: [cfg, none], groups: ["0.5", "0"]}'
+    if not isinstance(raw, Mapping) or set(raw) != {"difference", "groups"}:
+        raise ConfigError(f"{here}: expected {example}, got {raw!r}")
+    diff, groups = raw["difference"], raw["groups"]
+    if not (isinstance(diff, (list, tuple)) and len(diff) == 2):
+        raise ConfigError(f"{here}.difference: expected [row, row], got {diff!r}")
+    if not (isinstance(groups, (list, tuple)) and len(groups) == 2):
+        raise ConfigError(f"{here}.groups: expected two group values, got {groups!r}")
+    values = [list(g) if isinstance(g, (list, tuple)) else [g] for g in groups]   # matched numerically in the report
+    if any(len(v) != n_group_keys for v in values):
+        raise ConfigError(f"{here}.groups: each group needs {n_group_keys} value(s), one per group: key, got {groups!r}")
+    return {"difference": [str(diff[0]), str(diff[1])], "groups": values}
 
 
 def _str_list(where: str, key: str, value: Any) -> list[str]:

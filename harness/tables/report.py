@@ -88,6 +88,17 @@ class Report:
                 if side not in rows:
                     raise ConfigError(f"{self.file}: report.{where}: no cell has {rep['rows']}={side}",
                                       hint=f"rows present: {', '.join(sorted(rows))}")
+        present_groups = {_group_text(g) for g, _ in self.groups()}
+        for i, inter in enumerate(rep["interactions"]):
+            for side in inter["difference"]:
+                if side not in rows:
+                    raise ConfigError(f"{self.file}: report.interactions[{i}].difference: no cell has {rep['rows']}={side}",
+                                      hint=f"rows present: {', '.join(sorted(rows))}")
+            for g in inter["groups"]:
+                if _group_text(g) not in present_groups:
+                    raise ConfigError(f"{self.file}: report.interactions[{i}].groups: no cell has "
+                                      f"{', '.join(f'{k}={_value_text(v)}' for k, v in zip(rep['group'], g))}",
+                                      hint=f"groups present: {'; '.join(', '.join(g) for g in sorted(present_groups))}")
         if rep.get("curve"):
             key = rep["curve"]["protocol"]
             bad = next((c for c in self.cells if not isinstance(c.get("protocol", {}).get(key), list)), None)
@@ -164,6 +175,8 @@ class Report:
             lines += self._rows_table(cells) + [""]
             if rep["differences"]:
                 lines += self._diff_table(cells) + [""]
+        if rep["interactions"]:
+            lines += self._interaction_lines() + [""]
         if rep.get("curve"):
             lines += self._curve_lines() + [""]
         if rep.get("reading"):
@@ -235,6 +248,51 @@ class Report:
             label = f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}"
             out.append("| " + " | ".join([label, *cols, str(n), f"{wins}/{n}"]) + " |")
         return out
+
+    # ------------------------------------------------------------------ differences of differences
+    def interaction(self, inter: Mapping[str, Any], metric: str) -> tuple[list[float], list[float]]:
+        """Per pair: (a − b in the first group) − (a − b in the second), absolute and in percentage points of b.
+
+        The relative form compares the two groups' effects on their own baselines (two trainings' FDs differ in
+        scale: seed 004 Fig. 2's "CFG helps the sparse model less" is a statement about relative gains).
+        """
+        (a, b), (g1, g2) = inter["difference"], inter["groups"]
+        by_group = {_group_text(g): cells for g, cells in self.groups()}
+        per = []
+        for g in (g1, g2):
+            cells = by_group[_group_text(g)]
+            va, vb = self.values(cells, a, metric), self.values(cells, b, metric)
+            per.append({s: (va[s] - vb[s], 100 * (va[s] - vb[s]) / vb[s] if vb[s] else math.nan)
+                        for s in set(va) & set(vb)})
+        common = sorted(set(per[0]) & set(per[1]), key=lambda s: _sort_key(_value_text(s)))
+        return ([per[0][s][0] - per[1][s][0] for s in common], [per[0][s][1] - per[1][s][1] for s in common])
+
+    def _interaction_lines(self) -> list[str]:
+        rep = self.rep
+        better = "lower" if rep["direction"] == "minimize" else "higher"
+        lines = ["## Differences of differences", "",
+                 f"Per `{rep['pair_by']}`: the paired difference in the first group minus the same difference in the "
+                 "second (mean ± 95 % CI), absolute and in percentage points (pp) of each group's own second row.", ""]
+        head = ["interaction", *(f"{m}: absolute; relative (pp)" for m in self.metrics), "pairs", f"first {better} in"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for inter in rep["interactions"]:
+            (a, b), (g1, g2) = inter["difference"], inter["groups"]
+            cols, n, wins = [], 0, 0
+            for j, m in enumerate(self.metrics):
+                absolute, relative = self.interaction(inter, m)
+                if not absolute:
+                    cols.append("no common pair")
+                    continue
+                (ma, ha), (mr, hr) = ci95(absolute), ci95(relative)
+                cols.append(f"{ma:+.4g}" + ("" if ha is None else f" ± {ha:.2g}") + f"; {mr:+.1f}"
+                            + ("" if hr is None else f" ± {hr:.1f}") + " pp")
+                if j == 0:
+                    n = len(absolute)
+                    wins = sum((x < 0) if rep["direction"] == "minimize" else (x > 0) for x in absolute)
+            where = lambda g: ", ".join(f"{k} = {_value_text(v)}" for k, v in zip(rep["group"], g))   # noqa: E731
+            label = f"({rep['labels'].get(a, a)} − {rep['labels'].get(b, b)}) at {where(g1)} − at {where(g2)}"
+            lines.append("| " + " | ".join([label, *cols, str(n), f"{wins}/{n}"]) + " |")
+        return lines
 
     # ------------------------------------------------------------------ the per-t curve
     def curve_differences(self) -> tuple[list[float], list[tuple[str, list[tuple[float, Optional[float]]], int]]]:
@@ -382,6 +440,16 @@ class Report:
         else:
             fig.suptitle("\n".join(textwrap.wrap(self.rep["title"], 110)), fontsize=8)
         return fig
+
+
+def _group_text(values: Sequence[Any]) -> tuple:
+    """A spec's group values as :meth:`Report.groups` spells them (0, 0.0 and "0.0" name one group)."""
+    def one(v: Any) -> str:
+        try:
+            return _value_text(float(v)) if not isinstance(v, bool) else str(v)
+        except (TypeError, ValueError):
+            return _value_text(v)
+    return tuple(one(v) for v in values)
 
 
 def _sort_key(text: Any) -> tuple:
