@@ -35,7 +35,7 @@ DEFAULT_DDPM = {"name": "ddpm", "schedule": "cosine", "conversion": "seed003", "
 
 def training_node(node: dict[str, Any]) -> dict[str, Any]:
     """The part of a DDPM objective node that determines the weights (what the unit hashes)."""
-    return {k: v for k, v in node.items() if k not in DDPMEpsilon.SAMPLING_ONLY_KEYS}
+    return {k: v for k, v in node.items() if k not in DDPMEpsilon.UNHASHED_KEYS}
 
 
 def check_ddpm_node(node: dict[str, Any], key: str = "method.ddpm_objective") -> None:
@@ -103,10 +103,10 @@ def converted_unit_field(spec, workdir, **conversion: Any) -> Field:
     """
     from harness.train import load_unit_field_parts
 
-    bad = [k for k in conversion if k not in DDPMEpsilon.SAMPLING_ONLY_KEYS]
+    bad = [k for k in conversion if k not in DDPMEpsilon.UNHASHED_KEYS]
     if bad:
         raise ConfigError(f"objective.{bad[0]}: not a conversion key",
-                          hint=f"expected one of {', '.join(DDPMEpsilon.SAMPLING_ONLY_KEYS)}")
+                          hint=f"expected one of {', '.join(DDPMEpsilon.UNHASHED_KEYS)}")
     node = dict(spec.objective, **conversion)
     check_ddpm_node(node, key="objective")
     model, _, _ = load_unit_field_parts(spec, workdir)

@@ -203,6 +203,18 @@ def test_cosine_fm_native_answer_follows_the_cosine_marginals():
         assert torch.allclose(x, a * MU + math.sqrt(a**2 * S**2 + s**2) * z, atol=1e-6)
 
 
+def test_a_ddpm_units_hash_ignores_its_velocity_conversion_but_not_its_schedule():
+    """conversion, clamp, alpha_min and damping only change how the trained eps-network answers as a velocity
+    (its loss never reads them), so one trained DDPM expert serves every conversion."""
+    from harness.train.units import UnitSpec
+
+    def unit(**obj):
+        return UnitSpec("x", {"name": "gaussian_mixture"}, {"name": "mlp"}, dict({"name": "ddpm"}, **obj),
+                        {"steps": 10, "seed": 0})
+    assert unit().hash == unit(conversion="seed003", clamp=5.0, alpha_min=0.05, damping="eq31").hash
+    assert unit().hash != unit(schedule="linear").hash
+
+
 def test_cosine_fm_conversion_is_not_hashed_but_the_path_is():
     from harness.train.units import UnitSpec
 

@@ -27,8 +27,9 @@ class DDPMEpsilon(Objective):
     imported DiT weights (``backbone.init_from``).
     """
 
-    # keys that only change how a trained eps-network answers as a velocity, not its weights
-    SAMPLING_ONLY_KEYS = ("conversion", "clamp", "alpha_min", "damping")
+    # keys that only change how a trained eps-network answers as a velocity, not its weights: out of the unit hash,
+    # so one trained DDPM expert serves every conversion (seed 003 Sec. 6.2 vs snr_aligned) without retraining
+    UNHASHED_KEYS = ("conversion", "clamp", "alpha_min", "damping")
 
     def __init__(self, schedule: str = "cosine", conversion: str = "snr_aligned", clamp: Optional[float] = 20.0,
                  alpha_min: float = 0.01, damping: str = "literal", time_sampler: str = "uniform",
