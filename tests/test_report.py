@@ -105,6 +105,24 @@ def test_an_interaction_is_the_per_seed_difference_of_the_two_groups_paired_diff
         Report(_spec(tmp_path, differences=[], interactions=[{"difference": ["cfg", "none"], "groups": [0.5, 0]}]))
 
 
+def test_a_half_finished_reproduction_renders_with_its_unrun_rows_named(tmp_path):
+    """A row the sweep file declares but no finished cell has yet reads "not run yet" (the report of a long
+    reproduction is read while it runs); a row the sweep does not declare stays an error."""
+    write_results(tmp_path / "cells.json", "s", [], _cells({"naive_split": [1.0, 2.0], "cbs": [0.5, 1.5]}))
+    spec = _spec(tmp_path, differences=[["cbs", "naive_split"], ["cbs", "monolithic"]])
+    raw = json.loads(spec.read_text())
+    raw["list"] = [{"method.name": m} for m in ("naive_split", "cbs", "monolithic")]
+    spec.write_text(json.dumps(raw))
+    text = Report(spec).render()
+    assert "rows of the sweep not run yet: monolithic" in text
+    assert "| cbs − monolithic | not run yet (monolithic) | 0 | – |" in text
+    assert "| cbs − naive_split | -0.5 ± 0 (-33.3 %) | 2 | 2/2 |" in text
+    raw["report"]["differences"] = [["cbs", "ddm"]]
+    spec.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"report.differences: no cell has method.name=ddm"):
+        Report(spec)
+
+
 def test_cells_under_different_extractor_weights_are_refused(tmp_path):
     cells = _cells({"naive_split": [1, 2], "cbs": [1, 2]})
     cells["cbs1"]["protocol"]["weights_sha256"] = "other"

@@ -67,6 +67,11 @@ class Report:
         if not cells:
             raise ConfigError(f"{self.results}: no finished cell", hint=f"run `harness sweep {sweep_file}` first")
         self.cells = [cells[k] for k in sorted(cells)]
+        # rows the sweep file declares (its list: and grid: values of the rows key): named in differences before
+        # their cells finish, they read "not run yet" in a half-finished reproduction instead of refusing it
+        rows_key = str(self.rep["rows"])
+        self.planned = {_value_text(e[rows_key]) for e in spec.entries if rows_key in e} | \
+            {_value_text(v) for v in spec.grid.get(rows_key, [])}
         self._check_keys()
         self.metrics = [self._metric(m) for m in self.rep["metrics"]]
         self.protocol = self._check_protocol()
@@ -82,16 +87,17 @@ class Report:
                 raise ConfigError(f"{self.file}: report.{where}: no cell has key {key!r}",
                                   hint=f"keys the cells carry: {', '.join(sorted({k for c in self.cells for k in c.get('keys', {})}))}")
         rows = {str(_cell_value(c, rep["rows"])) for c in self.cells}
+        self.present_anywhere = rows
         curve_pairs = [("curve.differences", d) for d in (rep["curve"]["differences"] if rep.get("curve") else [])]
         for where, (a, b) in [*(("differences", d) for d in rep["differences"]), *curve_pairs]:
             for side in (a, b):
-                if side not in rows:
+                if side not in rows and side not in self.planned:
                     raise ConfigError(f"{self.file}: report.{where}: no cell has {rep['rows']}={side}",
                                       hint=f"rows present: {', '.join(sorted(rows))}")
         present_groups = {_group_text(g) for g, _ in self.groups()}
         for i, inter in enumerate(rep["interactions"]):
             for side in inter["difference"]:
-                if side not in rows:
+                if side not in rows and side not in self.planned:
                     raise ConfigError(f"{self.file}: report.interactions[{i}].difference: no cell has {rep['rows']}={side}",
                                       hint=f"rows present: {', '.join(sorted(rows))}")
             for g in inter["groups"]:
@@ -197,7 +203,9 @@ class Report:
                  f"`{p['extractor']}` (weights sha256 `{str(p['weights_sha256'])[:12]}`), reference hash "
                  f"`{str(p['reference_hash'])[:12]}` ({proto0.get('reference_n')} items), {p['n_samples']} samples "
                  f"(seeds {proto0.get('seeds')}), sampler `{p['sampler']}`, NFE {p['nfe']}, protocol version {p['protocol_version']}",
-                 f"- cells: {len(self.cells)}"]
+                 f"- cells: {len(self.cells)}"
+                 + (f"; rows of the sweep not run yet: {', '.join(sorted(self.planned - self.present_anywhere, key=_sort_key))}"
+                    if self.planned - self.present_anywhere else "")]
         if seeds:
             lines.append(f"- paired by `{self.rep['pair_by']}`: {', '.join(seeds)} (95 % Student-t intervals over pairs)")
         return lines
@@ -229,6 +237,11 @@ class Report:
         present = set(self.row_order(cells))
         for a, b in self.rep["differences"]:
             if a not in present or b not in present:
+                if (a in self.planned or a in present) and (b in self.planned or b in present) and \
+                        {a, b} - self.present_anywhere:
+                    missing = " and ".join(sorted({a, b} - self.present_anywhere))
+                    label = f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}"
+                    out.append("| " + " | ".join([label, *([f"not run yet ({missing})"] * len(self.metrics)), "0", "–"]) + " |")
                 continue
             cols, n, wins = [], 0, 0
             for j, m in enumerate(self.metrics):
