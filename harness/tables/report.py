@@ -199,7 +199,7 @@ class Report:
         base = " ".join(self.base)
         proto0 = c0.get("protocol", {})
         lines = [f"- sweep base: `{base}`" if base else "- sweep base: (none)",
-                 f"- metrics: {', '.join(f'`{m}`' for m in self.metrics)} ({self.rep['direction']}); extractor "
+                 f"- metrics: {', '.join(f'`{m}`' for m in self.metrics)} (the first is primary, to {self.rep['direction']}); extractor "
                  f"`{p['extractor']}` (weights sha256 `{str(p['weights_sha256'])[:12]}`), reference hash "
                  f"`{str(p['reference_hash'])[:12]}` ({proto0.get('reference_n')} items), {p['n_samples']} samples "
                  f"(seeds {proto0.get('seeds')}), sampler `{p['sampler']}`, NFE {p['nfe']}, protocol version {p['protocol_version']}",
@@ -232,7 +232,7 @@ class Report:
     def _diff_table(self, cells) -> list[str]:
         better = "lower" if self.rep["direction"] == "minimize" else "higher"
         head = ["paired difference", *(f"{m}: mean ± 95 % CI (relative)" for m in self.metrics), "pairs",
-                f"first {better} in"]
+                f"first {better} in ({self.metrics[0]})"]
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         present = set(self.row_order(cells))
         for a, b in self.rep["differences"]:
@@ -286,7 +286,7 @@ class Report:
         lines = ["## Differences of differences", "",
                  f"Per `{rep['pair_by']}`: the paired difference in the first group minus the same difference in the "
                  "second (mean ± 95 % CI), absolute and in percentage points (pp) of each group's own second row.", ""]
-        head = ["interaction", *(f"{m}: absolute; relative (pp)" for m in self.metrics), "pairs", f"first {better} in"]
+        head = ["interaction", *(f"{m}: absolute; relative (pp)" for m in self.metrics), "pairs", f"first {better} in ({self.metrics[0]})"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for inter in rep["interactions"]:
             (a, b), (g1, g2) = inter["difference"], inter["groups"]
