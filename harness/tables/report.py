@@ -226,6 +226,11 @@ class Report:
             out.append("| " + " | ".join([rep["labels"].get(row, row), str(len(mine)), *stats, *extra]) + " |")
         return out
 
+    def favouring_first(self, differences: list[float]) -> int:
+        """How many paired differences (first − second) favour the first under the report's ``direction``."""
+        minimize = self.rep["direction"] == "minimize"
+        return sum((x < 0) if minimize else (x > 0) for x in differences)
+
     def _diff_table(self, cells) -> list[str]:
         better = "lower" if self.rep["direction"] == "minimize" else "higher"
         head = ["paired difference", *(f"{m}: mean ± 95 % CI (relative)" for m in self.metrics), "pairs",
@@ -254,7 +259,7 @@ class Report:
                 cols.append(f"{mean:+.4g}" + ("" if half is None else f" ± {half:.2g}") + rel)
                 if j == 0:
                     n = len(common)
-                    wins = sum((x < 0) if self.rep["direction"] == "minimize" else (x > 0) for x in d)
+                    wins = self.favouring_first(d)
             label = f"{self.rep['labels'].get(a, a)} − {self.rep['labels'].get(b, b)}"
             out.append("| " + " | ".join([label, *cols, str(n), f"{wins}/{n}"]) + " |")
         return out
@@ -298,7 +303,7 @@ class Report:
                             + ("" if hr is None else f" ± {hr:.1f}") + " pp")
                 if j == 0:
                     n = len(absolute)
-                    wins = sum((x < 0) if rep["direction"] == "minimize" else (x > 0) for x in absolute)
+                    wins = self.favouring_first(absolute)
             where = lambda g: ", ".join(f"{k} = {_value_text(v)}" for k, v in zip(rep["group"], g))   # noqa: E731
             label = f"({rep['labels'].get(a, a)} − {rep['labels'].get(b, b)}) at {where(g1)} − at {where(g2)}"
             lines.append("| " + " | ".join([label, *cols, str(n), f"{wins}/{n}"]) + " |")
