@@ -68,3 +68,31 @@ def test_trained_weights_do_not_depend_on_the_callers_thread_count(tmp_path, mon
     finally:
         torch.set_num_threads(before)
     assert shas[0] == shas[1]
+
+
+# Reports whose cells were all scored under eval=fd_cnn_fmnist's classifier as shipped. moe_fmnist is not one: its
+# cells were scored in a session whose CPU trained other weights from the same seed (2aa919..), before they shipped.
+RESUMABLE_REPORTS = ("cbs_fmnist", "cbs_fmnist_perturb", "ddm_fmnist", "ddm_init_fmnist", "guidance_fmnist")
+
+
+def test_the_shipped_fashion_mnist_classifier_is_what_the_committed_reports_were_scored_with(cache):
+    """A results file resumed on a fresh machine must score its new cells under the same extractor as its old ones.
+
+    Trained here, the weights would depend on this CPU's kernels; loaded from the package they do not, and
+    nothing is trained (the cache stays empty).
+    """
+    import json
+    from pathlib import Path
+
+    from harness.config.compose import compose
+    from harness.evaluate.pipeline import build_extractor
+
+    cfg = compose(["eval=fd_cnn_fmnist"])
+    net = build_extractor(cfg)
+    assert net.metric_prefix == "fd_cnn_fashion_mnist"
+    assert not (cache / "extractors").exists()               # loaded from the package, not trained
+    root = Path(__file__).resolve().parents[1] / "results" / "cells"
+    for name in RESUMABLE_REPORTS:
+        cells = json.loads((root / f"{name}.json").read_text())["cells"]
+        assert cells and {c["protocol"]["weights_sha256"] for c in cells.values()} == {net.weights_sha256}, name
+        assert {c["protocol"]["weights_source"] for c in cells.values()} == {net.weights_source}, name

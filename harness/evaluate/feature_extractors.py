@@ -29,6 +29,14 @@ from harness.core.hashing import content_hash
 from harness.core.registry import register
 
 
+# Trained small-CNN weights that ship with the package, under the cache's file name: the extractor every committed
+# report was scored with.  Trained on a CPU, the weights depend on the CPU's kernels even on one thread and one
+# seed (2026-12-03: an AVX-512 machine trained ab1dae.., the same machine with AVX2 kernels 93bed5.., another
+# session's machine 2aa919..), so without a shipped file a results file resumed on a fresh machine scores its new
+# cells under another extractor and the report refuses to mix them.
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")).expanduser()
 
@@ -128,7 +136,8 @@ class SmallCNN(torch.nn.Module):
     they barely separate a 10-step model from a converged one, so they only check plumbing
     (metric ``fd_smallcnn``).  With ``train_on=<dataset>`` it is first trained as a classifier
     on that dataset's train split (seeded, ``epochs`` of Adam, cached by content hash under
-    ``$HARNESS_CACHE/extractors``) and its pooled 128-d features give the CPU-scale analogue of
+    ``$HARNESS_CACHE/extractors``; Fashion-MNIST's as ``eval=fd_cnn_fmnist`` configures it ships in
+    ``harness/evaluate/weights/`` and is loaded, never retrained: see ``SHIPPED_WEIGHTS``) and its pooled 128-d features give the CPU-scale analogue of
     FID used by the ``*_mini`` reproductions (FINDINGS' pilot: a 3-epoch classifier, 89.8 %
     test accuracy); the metric is then ``fd_cnn_<dataset>`` and the protocol records the
     classifier's test accuracy.  Neither is ever called FID.
@@ -172,11 +181,12 @@ class SmallCNN(torch.nn.Module):
                             "epochs": epochs, "version": 2})   # 2: trained on one thread
         path = _cache_dir() / "extractors" / f"smallcnn-{train_on}-{key}.pt"
         self.metric_prefix = f"fd_cnn_{train_on}"
-        if path.exists():
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            self.load_state_dict(blob["state"])
-            self.weights_source = blob["source"]
-            return
+        for found in (SHIPPED_WEIGHTS / path.name, path):   # shipped first: the same weights on every machine
+            if found.exists():
+                blob = torch.load(found, map_location="cpu", weights_only=True)
+                self.load_state_dict(blob["state"])
+                self.weights_source = blob["source"]
+                return
         train = build_dataset({"name": train_on, "split": "train"})
         test = build_dataset({"name": train_on, "split": "test"})
         if train.kind != "image" or train.num_classes < 2:
