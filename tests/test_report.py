@@ -127,8 +127,9 @@ def test_cells_under_different_extractor_weights_are_refused(tmp_path):
     cells = _cells({"naive_split": [1, 2], "cbs": [1, 2]})
     cells["cbs1"]["protocol"]["weights_sha256"] = "other"
     write_results(tmp_path / "cells.json", "s", [], cells)
-    with pytest.raises(ConfigError, match=r"cells.json: protocol.weights_sha256 differs between cells"):
+    with pytest.raises(ConfigError, match=r"cells.json: protocol.weights_sha256 differs between cells") as err:
         Report(_spec(tmp_path))
+    assert "harness/evaluate/weights/" in err.value.hint     # says where the weights that do not vary ship
 
 
 def test_bad_specs_and_files_are_one_line_errors_naming_file_and_key(tmp_path):

@@ -135,8 +135,11 @@ class Report:
                 seen.setdefault(str(c.get("protocol", {}).get(field)), []).append(self._label(c))
             if len(seen) > 1:
                 detail = "; ".join(f"{v[:16]}: {len(cells)} cell(s), e.g. {cells[0]}" for v, cells in seen.items())
-                raise ConfigError(f"{self.results}: protocol.{field} differs between cells ({detail})",
-                                  hint="a table never mixes protocols: re-run the odd cells under one protocol")
+                hint = "a table never mixes protocols: re-run the odd cells under one protocol"
+                if field == "weights_sha256":
+                    hint += (" (a trained extractor is retrained per machine unless its weights ship: "
+                             "harness/evaluate/weights/ holds eval=fd_cnn_fmnist's)")
+                raise ConfigError(f"{self.results}: protocol.{field} differs between cells ({detail})", hint=hint)
             proto[field] = next(iter(seen))
         return proto
 
