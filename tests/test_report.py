@@ -194,6 +194,18 @@ def test_a_reported_sweep_resumes_on_a_fresh_machine_from_its_results_file(tmp_p
     dry2 = run_sweep(tmp_path / "tiny2.yaml", launcher="debug", dry_run=True, echo=lambda *a: None)
     planned = [t.cell_id for st in dry2["stages"] if st.name == "evaluate" for t in st.tasks]
     assert planned == [dropped]
+    # cells recorded under other extractor weights than this machine's: the new cell could never join them, so
+    # the run (and its dry run) stops before anything is trained or written, naming the file and both hashes
+    other = {k: dict(v, protocol=dict(v["protocol"], weights_sha256="0ther" * 8)) for k, v in one_less.items()}
+    write_results(tmp_path / "other.json", "tiny_report", spec["base"], other)
+    spec3 = dict(spec, report=dict(spec["report"], results=str(tmp_path / "other.json")))
+    (tmp_path / "tiny3.yaml").write_text(json.dumps(spec3))
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError, match=r"other.json: its cells were scored under raw weights 0ther0ther0ther0, "
+                                              r"this machine's eval.extractor has none") as err:
+            run_sweep(tmp_path / "tiny3.yaml", launcher="debug", dry_run=dry_run, echo=lambda *a: None)
+        assert dropped in str(err.value)
+        assert not (tmp_path / "machine2" / "sweeps").exists() and not (tmp_path / "machine2" / "units").exists()
     second = run_sweep(path, launcher="debug", echo=lambda *a: None)
     assert second["stages"] == []                                    # nothing to run: every cell was imported
     assert not (tmp_path / "machine2" / "units").exists()

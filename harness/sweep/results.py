@@ -159,3 +159,44 @@ def sweep_record_report(report: Optional[Mapping[str, Any]]) -> Optional[dict[st
     if not report:
         return None
     return dict(report, results_abs=str(results_path(report)))
+
+
+def check_new_cells_join(sweep, finished: frozenset[str]) -> None:
+    """Refuse, before anything runs, new cells whose extractor weights differ from those of the results file's cells.
+
+    The report never mixes extractors (:mod:`harness.tables.report`), so cells scored here under other weights
+    (a trained extractor retrained on another CPU) would cost their training and then be refused.  Builds each
+    distinct extractor the unfinished cells configure, on the CPU, once.
+    """
+    rep = sweep.spec.report
+    todo = [c for c in sweep.cells if c.id not in finished]
+    if not rep or not todo:
+        return
+    path = results_path(rep)
+    exported = read_results(path)
+    recorded: dict[str, set[str]] = {}
+    for rec in exported.values():
+        proto = rec.get("protocol") or {}
+        recorded.setdefault(str(proto.get("extractor")), set()).add(str(proto.get("weights_sha256")))
+    if not recorded:
+        return
+    import torch
+
+    from harness.evaluate.pipeline import build_extractor
+
+    built: set[str] = set()
+    for cell in todo:
+        ev = cell.cfg["eval"]
+        key = json.dumps([ev.get("extractor"), ev.get("extractor_kwargs")], sort_keys=True, default=str)
+        if key in built:
+            continue
+        built.add(key)
+        extractor = build_extractor(cell.cfg, torch.device("cpu"))
+        before = recorded.get(extractor.name)
+        if before and extractor.weights_sha256 not in before:
+            raise ConfigError(
+                f"{path}: its cells were scored under {extractor.name} weights {', '.join(sorted(h[:16] for h in before))}, "
+                f"this machine's eval.extractor has {extractor.weights_sha256[:16]} ({extractor.weights_source}): "
+                f"new cells (e.g. {cell.id}) could not join them in the report",
+                hint="score under the recorded weights (ship them: harness/evaluate/weights/), or move the results "
+                     "file aside and re-run the whole sweep")

@@ -23,7 +23,8 @@ from harness.pipeline.training import end_status
 from harness.sweep import state
 from harness.sweep.load import Sweep, load_sweep, sweep_run
 from harness.sweep.progress import SweepProgress
-from harness.sweep.results import export_cells, finished_in_results, import_cells, sweep_record_report
+from harness.sweep.results import (check_new_cells_join, export_cells, finished_in_results, import_cells,
+                                  sweep_record_report)
 from harness.sweep.search import run_search
 from harness.sweep.spec import Cell
 from harness.sweep.summary import finish_summary
@@ -107,6 +108,9 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
         launch.check_submit()   # e.g. more GPUs per job than a node has: one line, before any state is written
     if sweep.spec.optuna:
         return run_search(sweep, launch, dry_run=dry_run, echo=echo)
+    if not force:   # new cells scored under other extractor weights than the results file's could never join it
+        check_new_cells_join(sweep, finished_in_results(sweep)
+                             | {c.id for c in sweep.cells if state.result(sweep.dir, c.id) is not None})
     if dry_run:
         done = finished_in_results(sweep)
         stages, before = plan(sweep, force=force, rerun_failed=rerun_failed, finished=done)
