@@ -1,10 +1,15 @@
 """The trained small-CNN extractor (eval=fd_cnn_fmnist's mechanism), on scikit-learn digits for speed."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+from harness.config.compose import compose
 from harness.data.base import build_dataset
 from harness.evaluate.feature_extractors import SmallCNN
 from harness.evaluate.metrics import FeatureStats, frechet_distance as frechet
+from harness.evaluate.pipeline import build_extractor
 
 
 @pytest.fixture()
@@ -81,12 +86,6 @@ def test_the_shipped_fashion_mnist_classifier_is_what_the_committed_reports_were
     Trained here, the weights would depend on this CPU's kernels; loaded from the package they do not, and
     nothing is trained (the cache stays empty).
     """
-    import json
-    from pathlib import Path
-
-    from harness.config.compose import compose
-    from harness.evaluate.pipeline import build_extractor
-
     cfg = compose(["eval=fd_cnn_fmnist"])
     net = build_extractor(cfg)
     assert net.metric_prefix == "fd_cnn_fashion_mnist"

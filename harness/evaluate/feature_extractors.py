@@ -137,8 +137,8 @@ class SmallCNN(torch.nn.Module):
     (metric ``fd_smallcnn``).  With ``train_on=<dataset>`` it is first trained as a classifier
     on that dataset's train split (seeded, ``epochs`` of Adam, cached by content hash under
     ``$HARNESS_CACHE/extractors``; Fashion-MNIST's as ``eval=fd_cnn_fmnist`` configures it ships in
-    ``harness/evaluate/weights/`` and is loaded, never retrained: see ``SHIPPED_WEIGHTS``) and its pooled 128-d features give the CPU-scale analogue of
-    FID used by the ``*_mini`` reproductions (FINDINGS' pilot: a 3-epoch classifier, 89.8 %
+    ``harness/evaluate/weights/`` and is loaded, never retrained: see ``SHIPPED_WEIGHTS``) and its
+    pooled 128-d features give the CPU-scale analogue of FID used by the ``*_mini`` reproductions (FINDINGS' pilot: a 3-epoch classifier, 89.8 %
     test accuracy); the metric is then ``fd_cnn_<dataset>`` and the protocol records the
     classifier's test accuracy.  Neither is ever called FID.
     """

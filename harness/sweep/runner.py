@@ -108,11 +108,10 @@ def run_sweep(path: Path | str, *, launcher: Optional[str] = None, dry_run: bool
         launch.check_submit()   # e.g. more GPUs per job than a node has: one line, before any state is written
     if sweep.spec.optuna:
         return run_search(sweep, launch, dry_run=dry_run, echo=echo)
+    done = finished_in_results(sweep)
     if not force:   # new cells scored under other extractor weights than the results file's could never join it
-        check_new_cells_join(sweep, finished_in_results(sweep)
-                             | {c.id for c in sweep.cells if state.result(sweep.dir, c.id) is not None})
+        check_new_cells_join(sweep, done | {c.id for c in sweep.cells if state.result(sweep.dir, c.id) is not None})
     if dry_run:
-        done = finished_in_results(sweep)
         stages, before = plan(sweep, force=force, rerun_failed=rerun_failed, finished=done)
         echo(f"sweep {sweep.spec.name}: {len(sweep.cells)} cell(s) valid; state dir {sweep.dir}")
         if done and not force:
